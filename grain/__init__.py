@@ -1,0 +1,50 @@
+"""grain: GRAIN intra-attention pruning with knowledge distillation (Yang et al., ACL 2023).
+
+Importing grain registers the `grain` model type with transformers' Auto classes, so saved grain
+directories load with `AutoModelFor<Task>.from_pretrained(dir)` without remote code.
+"""
+
+from grain.errors import GrainError
+from grain.loading import from_pretrained, load_tokenizer
+from grain.masks import Masks
+from grain.modeling import (
+    GrainConfig,
+    GrainForQuestionAnswering,
+    GrainForSequenceClassification,
+    GrainForTokenClassification,
+    GrainModel,
+)
+
+__version__ = "0.1.0"
+
+
+def _register() -> None:
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    AutoConfig.register("grain", GrainConfig, exist_ok=True)
+    for auto, cls in ((AutoModel, GrainModel), (AutoModelForSequenceClassification, GrainForSequenceClassification),
+                      (AutoModelForTokenClassification, GrainForTokenClassification),
+                      (AutoModelForQuestionAnswering, GrainForQuestionAnswering)):
+        auto.register(GrainConfig, cls, exist_ok=True)
+
+
+_register()
+
+
+def compact(model, masks):
+    """A new model with the masked units physically removed (see grain.compact)."""
+    from grain.compact import compact as _compact
+
+    return _compact(model, masks)
+
+
+__all__ = [
+    "GrainError", "from_pretrained", "load_tokenizer", "Masks", "compact", "GrainConfig", "GrainModel",
+    "GrainForSequenceClassification", "GrainForTokenClassification", "GrainForQuestionAnswering",
+]
