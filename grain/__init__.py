@@ -37,11 +37,8 @@ def _register() -> None:
 _register()
 
 
-def compact(model, masks):
-    """A new model with the masked units physically removed (see grain.compact)."""
-    from grain.compact import compact as _compact
-
-    return _compact(model, masks)
+# grain.compact is a callable module: grain.compact(model, masks) compacts; grain.compact.save_compact saves.
+from grain import compact  # noqa: E402
 
 
 __all__ = [

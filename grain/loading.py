@@ -231,12 +231,21 @@ def _load_grain_dir(cls, path: Path, hf: dict, overrides: dict):
     config.name_or_path = str(path)
     model = cls(config)
     state = read_state_dict(path)
-    load_grain_weights(model, state, str(path))
+    same_head = cls is not TASK_CLASSES[None] and checkpoint_task(hf.get("architectures")) == _task_of(cls)
+    load_grain_weights(model, state, str(path), require_head=same_head)
     return model.eval()
 
 
-def load_grain_weights(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load of a grain state dict; head keys may be absent (newly initialised)."""
+def _task_of(cls) -> str | None:
+    return next(task for task, known in TASK_CLASSES.items() if known is cls)
+
+
+def load_grain_weights(model, state: dict[str, torch.Tensor], source: str, require_head: bool = False) -> None:
+    """Strict load of a grain state dict; head keys may be absent (newly initialised) unless require_head.
+
+    require_head: the directory was saved with this very task head (its `architectures`), so a
+    missing head weight means a damaged directory, not a new head.
+    """
     ours = model.state_dict()
     base_only = isinstance(model, TASK_CLASSES[None])
     if base_only:  # a bare encoder reading a task directory keeps the encoder part
@@ -250,11 +259,27 @@ def load_grain_weights(model, state: dict[str, torch.Tensor], source: str) -> No
             raise GrainError(f"unexpected weight {key} in {source}; config.json and the weights disagree")
         if tuple(tensor.shape) != tuple(ours[key].shape):
             raise GrainError(f"weight {key} in {source} has shape {tuple(tensor.shape)} but config.json implies "
-                             f"{tuple(ours[key].shape)}")
-    required = [k for k in ours if k not in state and not (_is_head_key(k) or _is_head_key("grain." + k))]
+                             f"{tuple(ours[key].shape)}{_size_source(key)}")
+    required = [k for k in ours if k not in state
+                and (require_head or not (_is_head_key(k) or _is_head_key("grain." + k)))]
     if required:
         raise GrainError(f"weight {required[0]} is missing from {source}")
     model.load_state_dict({k: v for k, v in state.items() if k in ours}, strict=False)
+
+
+_LAYER_SIZE_FIELDS = (("attention.self.query.", "qk_sizes"), ("attention.self.key.", "qk_sizes"),
+                      ("attention.self.value.", "vo_sizes"), ("attention.output.dense.weight", "vo_sizes"),
+                      ("intermediate.dense.", "ffn_sizes"), ("output.dense.weight", "ffn_sizes"))
+
+
+def _size_source(key: str) -> str:
+    """Which config size a layer weight's shape comes from, as ' (from qk_sizes[3])', or ''."""
+    match = re.search(r"encoder\.layer\.(\d+)\.(.+)$", key)
+    if match:
+        for part, field in _LAYER_SIZE_FIELDS:
+            if match[2].startswith(part):
+                return f" (from {field}[{match[1]}])"
+    return ""
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
@@ -262,6 +287,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = resolve_model_dir(name_or_path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise GrainError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                         "save the tokenizer with the model")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:

@@ -8,8 +8,8 @@ transformers -- because it is copied into every saved model directory as ``model
 Spec references (method/grain-spec.md): units §1.1, degenerate heads and empty sub-layers §7,
 attention scaled by the ORIGINAL head size §8.1.
 
-Shapes: B batch, T tokens, D hidden, H heads of a layer, A/V query/key and value/output units of a
-layer (sums over its heads), dq/dv the largest per-head sizes in the layer.
+Shapes: B batch, T tokens, N = B * T, D hidden, H heads of a layer, G heads of a group, A/V
+query/key and value/output units of a layer (sums over its heads), C fused projection width.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 FAMILIES = ("bert", "roberta")
-ATTENTION_IMPLS = ("auto", "padded", "loop")
+ATTENTION_IMPLS = ("auto", "grouped", "padded", "loop")
 AUTO_MAP = {
     "AutoConfig": "modeling_grain.GrainConfig",
     "AutoModel": "modeling_grain.GrainModel",
@@ -48,9 +48,10 @@ class GrainConfig(PretrainedConfig):
         vo_sizes: per layer, per head, the number of value/output units (same heads as qk_sizes).
         ffn_sizes: per layer, the number of FFN neurons.
         embedding_rank: rank r of factorised word embeddings (spec §6.3), or None.
-        attention_impl: how layers with unequal heads run: "padded" (one batched attention over heads
-            zero-padded to the layer's largest head; exact), "loop" (one head at a time, the paper's
-            way) or "auto" (padded).
+        attention_impl: how heads run: "grouped" (one batched attention per head width, heads
+            zero-padded to their group's width inside one fused Q/K/V projection; exact), "padded" (one
+            batched attention, every head padded to the layer's widest), "loop" (the paper's code:
+            separate projections, one head at a time) or "auto" (grouped).
     """
 
     model_type = "grain"
@@ -175,19 +176,156 @@ def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
         return nn.Linear(n_in, n_out, bias=bias)
 
 
-def _head_layout(sizes: list[int], width: int) -> list[int]:
-    """Positions of each head's units inside a zero-padded (heads x width) layout."""
-    return [h * width + i for h, s in enumerate(sizes) for i in range(s)]
+# --- execution plans -------------------------------------------------------------------------------
+# A layer's heads have their own query/key (a) and value/output (b) sizes. scaled_dot_product_attention
+# batches heads only when q, k and v all share one width, so a plan groups the heads by the width
+# max(a, b) and lays the fused Q/K/V weight out in that order, zero rows padding each head to its
+# group's width. Padding is exact: a zero query/key dimension adds nothing to a score, and a zero
+# value dimension meets a zero column of W_O. Heads without value units add nothing and are left out;
+# heads without query/key units attend uniformly (spec §7) and need no scores at all. Plans are
+# derived from the sizes on first use and never saved.
 
 
-class GrainSelfAttention(nn.Module):
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How one layer's heads run.
+
+    Attributes:
+        groups: (width, heads) pairs; each is one scaled_dot_product_attention over its heads, every
+            head zero-padded to `width` query/key and value units.
+        mean_heads: heads with value units but no query/key units: uniform attention (spec §7).
+        rows: for each column of the fused projection, its row in [W_q; W_k; W_v; 0] (2A + V: zero).
+        columns: for each context column, its column in [W_O | 0] (V: the zero padding).
+        identity: rows and columns are the plain [q | k | v] order (uniform heads): nothing to gather.
+    """
+
+    groups: tuple[tuple[int, tuple[int, ...]], ...]
+    mean_heads: tuple[int, ...]
+    rows: tuple[int, ...]
+    columns: tuple[int, ...]
+    identity: bool
+
+    @property
+    def width(self) -> int:
+        """Context columns (real and padding) that feed W_O."""
+        return len(self.columns)
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    out, at = [], 0
+    for s in sizes:
+        out.append(at)
+        at += s
+    return out
+
+
+def _padded(start: int, size: int, width: int, pad: int) -> list[int]:
+    return list(range(start, start + size)) + [pad] * (width - size)
+
+
+def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grouped",
+                   multiple: int = 1) -> AttentionPlan:
+    """The execution plan of one layer.
+
+    Args:
+        qk_sizes, vo_sizes: per-head query/key and value/output units.
+        scheme: "grouped" (one attention call per head width) or "padded" (one call, every head
+            padded to the widest; heads without query/key units go through it too).
+        multiple: round every width up to a multiple of this (8 suits CUDA attention kernels).
+    """
+    A, V = sum(qk_sizes), sum(vo_sizes)
+    q_at, v_at = _offsets(qk_sizes), _offsets(vo_sizes)
+    live = [h for h, b in enumerate(vo_sizes) if b > 0]  # no value units: the head adds nothing (spec §7)
+    attend = live if scheme == "padded" else [h for h in live if qk_sizes[h] > 0]
+    mean = [h for h in live if h not in attend]
+    width = {h: -(-max(qk_sizes[h], vo_sizes[h], 1) // multiple) * multiple for h in attend}
+    if scheme == "padded":
+        groups = [(max(width.values()), tuple(attend))] if attend else []
+    else:
+        groups = [(w, tuple(h for h in attend if width[h] == w)) for w in sorted(set(width.values()))]
+    zero, rows, columns = 2 * A + V, [], []
+    for w, heads in groups:
+        rows += [r for h in heads for r in _padded(q_at[h], qk_sizes[h], w, zero)]
+        rows += [r for h in heads for r in _padded(A + q_at[h], qk_sizes[h], w, zero)]
+        rows += [r for h in heads for r in _padded(2 * A + v_at[h], vo_sizes[h], w, zero)]
+        columns += [c for h in heads for c in _padded(v_at[h], vo_sizes[h], w, V)]
+    for h in mean:
+        rows += list(range(2 * A + v_at[h], 2 * A + v_at[h] + vo_sizes[h]))
+        columns += list(range(v_at[h], v_at[h] + vo_sizes[h]))
+    identity = rows == list(range(2 * A + V)) and columns == list(range(V))
+    return AttentionPlan(tuple(groups), tuple(mean), tuple(rows), tuple(columns), identity)
+
+
+def _tracing() -> bool:
+    """torch.export, torch.compile or jit tracing: no data-dependent shortcuts, no caches."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _inference(module: nn.Module) -> bool:
+    """Eval mode without autograd: fused weights are cached and residuals are added in place."""
+    return not module.training and not torch.is_grad_enabled() and not _tracing()
+
+
+class _DerivedWeights(nn.Module):
+    """A module that caches weights derived from its parameters (fused or reordered) for inference.
+
+    A cached tensor is reused while every source parameter keeps its storage and version counter
+    (any in-place update, `load_state_dict` or optimizer step bumps the version); `train()`, `eval()`
+    and `to()` drop the cache. Edits through `param.data` bypass the version counter: call `eval()`
+    after such an edit.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._derived: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def derived(self, name: str, sources: list[torch.Tensor], build) -> torch.Tensor:
+        if not _inference(self):
+            return build()
+        try:
+            key = tuple((p.data_ptr(), p._version) for p in sources)
+        except RuntimeError:  # inference tensors keep no version counter: do not cache
+            return build()
+        hit = self._derived.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, build())
+            self._derived[name] = hit
+        return hit[1]
+
+    def train(self, mode: bool = True):
+        self._derived.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._derived.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+
+def _uniform_context(v: torch.Tensor, mask_bias: torch.Tensor | None, dropout: float) -> torch.Tensor:
+    """Heads without query/key units: all scores are 0, so softmax is uniform over non-pad keys (spec §7).
+
+    Args:
+        v: (B, T, Vz) the value vectors of those heads.
+        mask_bias: (B, 1, 1, T) additive padding bias, or None.
+
+    Returns:
+        (B, 1, Vz) -- the same context for every query position -- or (B, T, Vz) under dropout.
+    """
+    B, T, _ = v.shape
+    scores = v.new_zeros(B, 1, T) if mask_bias is None else mask_bias[:, 0].to(v.dtype)
+    probs = scores.softmax(-1)  # (B, 1, T)
+    if dropout:
+        probs = F.dropout(probs.expand(B, T, T), dropout)
+    return probs @ v
+
+
+class GrainSelfAttention(_DerivedWeights):
     """Multi-head attention whose heads have their own query/key and value/output sizes.
 
     A head with no query/key units has all-zero scores and so attends uniformly over non-pad tokens
-    (spec §7). Heads of equal size run as one scaled_dot_product_attention; unequal heads are
-    zero-padded to the layer's largest head inside one fused projection (exact: zero query/key
-    dimensions add nothing to a score, zero value dimensions are dropped again), or, with
-    attention_impl="loop", run one at a time as in the paper's code.
+    (spec §7). attention_impl "auto"/"grouped" runs one scaled_dot_product_attention per head width
+    (see `attention_plan`), "padded" one call over all heads padded to the widest, "loop" the paper's
+    code: separate Q/K/V projections, then one head at a time (spec §8.1).
     """
 
     def __init__(self, config: GrainConfig, layer_idx: int):
@@ -202,65 +340,75 @@ class GrainSelfAttention(nn.Module):
         self.query = _linear(config.hidden_size, self.qk_total)
         self.key = _linear(config.hidden_size, self.qk_total)
         self.value = _linear(config.hidden_size, self.vo_total)
-        self.qk_width = max(self.qk_sizes + [1])
-        self.vo_width = max(self.vo_sizes + [1])
-        self.uniform = len(set(self.qk_sizes)) == 1 and len(set(self.vo_sizes)) == 1 and self.qk_sizes[0] > 0
-        padded_index, context_index = self.layout()
-        self.register_buffer("padded_index", padded_index, persistent=False)
-        self.register_buffer("context_index", context_index, persistent=False)
+        self._plans: dict[tuple[str, int], AttentionPlan] = {}
 
-    def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each padded slot reads from in [q | k | v | 0], and where the real context units sit.
+    def plan(self, device: torch.device, fast: bool = False) -> AttentionPlan:
+        """This layer's plan on `device` (widths rounded to multiples of 8 for CUDA inference)."""
+        scheme = "padded" if self.impl == "padded" else "grouped"
+        multiple = 8 if fast and device.type == "cuda" else 1
+        key = (scheme, multiple)
+        if key not in self._plans:
+            self._plans[key] = attention_plan(self.qk_sizes, self.vo_sizes, scheme, multiple)
+        return self._plans[key]
 
-        The trailing zero fills the padding. Both are derived from the sizes, never saved.
-        """
-        heads = max(self.num_heads, 1)
-        zero = 2 * self.qk_total + self.vo_total
-        slots = [zero] * (heads * (2 * self.qk_width + self.vo_width))
-        q_pos = _head_layout(self.qk_sizes, self.qk_width)
-        v_pos = _head_layout(self.vo_sizes, self.vo_width)
-        k_off, v_off = heads * self.qk_width, 2 * heads * self.qk_width
-        for j, p in enumerate(q_pos):
-            slots[p] = j
-            slots[k_off + p] = self.qk_total + j
-        for j, p in enumerate(v_pos):
-            slots[v_off + p] = 2 * self.qk_total + j
-        return torch.tensor(slots, dtype=torch.long), torch.tensor(v_pos, dtype=torch.long)
+    def fused_weights(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Q/K/V weight (C, D) and bias (C,) in the plan's order, zero rows for padding."""
+        sources = [self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
+                   self.value.bias]
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """One fused projection for all query, key and value rows: (B, T, D) -> (B, T, 2A + V)."""
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return F.linear(x, weight, bias)
+        def build():
+            weight, bias = torch.cat(sources[:3]), torch.cat(sources[3:])
+            if plan.identity:
+                return weight, bias
+            rows = torch.tensor(plan.rows, device=weight.device)
+            return F.pad(weight, (0, 0, 0, 1)).index_select(0, rows), F.pad(bias, (0, 1)).index_select(0, rows)
+
+        return self.derived(f"qkv{id(plan)}", sources, build)
+
+    def context(self, x: torch.Tensor, mask_bias: torch.Tensor | None, plan: AttentionPlan, qk_mask=None,
+                vo_mask=None, ones: bool = False) -> torch.Tensor:
+        """The context in the plan's order, (B, T, plan.width), plus a column of ones when `ones`."""
+        B, T, _ = x.shape
+        weight, bias = self.fused_weights(plan)
+        qkv = F.linear(x, weight, bias)  # (B, T, C): per group [q | k | v], then the uniform heads' v
+        if qk_mask is not None or vo_mask is not None:  # masks come with the dense layout: plain order
+            assert plan.identity, "masks need the plain dense layout"
+            qkv = qkv * torch.cat([_ones(qk_mask, self.qk_total, qkv), _ones(qk_mask, self.qk_total, qkv),
+                                   _ones(vo_mask, self.vo_total, qkv)])
+        dropout = self.dropout_p if self.training else 0.0
+        parts, at = [], 0
+        for width, heads in plan.groups:
+            n = len(heads) * width
+            q, k, v = (qkv[..., at + i * n:at + (i + 1) * n].view(B, T, len(heads), width).transpose(1, 2)
+                       for i in range(3))  # (B, G, T, width) each
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=dropout, scale=self.scale)
+            parts.append(out.transpose(1, 2).reshape(B, T, n))
+            at += 3 * n
+        if plan.mean_heads:
+            parts.append(_uniform_context(qkv[..., at:], mask_bias, dropout).expand(B, T, -1))
+        if ones:
+            parts.append(qkv.new_ones(B, T, 1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor | None, qk_mask=None, vo_mask=None) -> torch.Tensor:
         """Return the packed context (B, T, V) that feeds the output projection."""
-        B, T, _ = x.shape
-        qkv = self._project(x)
-        if qk_mask is not None or vo_mask is not None:
-            qkv = qkv * torch.cat([_ones(qk_mask, self.qk_total, qkv), _ones(qk_mask, self.qk_total, qkv),
-                                   _ones(vo_mask, self.vo_total, qkv)])
         if self.impl == "loop":
-            return self._loop(qkv, mask_bias)
-        H, dq, dv = self.num_heads, self.qk_width, self.vo_width
-        if self.uniform:
-            q, k, v = qkv.split([self.qk_total, self.qk_total, self.vo_total], dim=-1)
-        else:
-            padded = F.pad(qkv, (0, 1)).index_select(-1, self.padded_index)  # (B, T, H * (2dq + dv))
-            q, k, v = padded.split([H * dq, H * dq, H * dv], dim=-1)
-        q = q.view(B, T, H, dq).transpose(1, 2)  # (B, H, T, dq)
-        k = k.view(B, T, H, dq).transpose(1, 2)
-        v = v.view(B, T, H, dv).transpose(1, 2)  # (B, H, T, dv)
-        dropout = self.dropout_p if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=dropout, scale=self.scale)
-        context = context.transpose(1, 2).reshape(B, T, H * dv)
-        if not self.uniform:
-            context = context.index_select(-1, self.context_index)  # drop the padding: (B, T, V)
-        return context
+            return self._loop(x, mask_bias, qk_mask, vo_mask)
+        plan = self.plan(x.device)
+        context = self.context(x, mask_bias, plan, qk_mask, vo_mask)
+        if plan.identity:
+            return context
+        where = {c: i for i, c in enumerate(plan.columns) if c < self.vo_total}
+        position = torch.tensor([where.get(c, -1) for c in range(self.vo_total)], device=x.device)
+        return F.pad(context, (0, 1)).index_select(-1, torch.where(position < 0, plan.width, position))
 
-    def _loop(self, qkv: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
-        """The paper's execution: one head at a time, each with its own sizes (spec §8.1)."""
-        q, k, v = qkv.split([self.qk_total, self.qk_total, self.vo_total], dim=-1)
+    def _loop(self, x: torch.Tensor, mask_bias: torch.Tensor | None, qk_mask=None, vo_mask=None) -> torch.Tensor:
+        """The paper's execution: separate projections, then one head at a time (spec §8.1)."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if qk_mask is not None:
+            q, k = q * qk_mask.to(q.dtype), k * qk_mask.to(k.dtype)
+        if vo_mask is not None:
+            v = v * vo_mask.to(v.dtype)
         contexts, qo, vo = [], 0, 0
         for a, b in zip(self.qk_sizes, self.vo_sizes):
             scores = q[..., qo:qo + a] @ k[..., qo:qo + a].transpose(-1, -2) * self.scale  # (B, T, T)
@@ -276,7 +424,12 @@ def _ones(mask: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor
     return like.new_ones(n) if mask is None else mask.to(like.dtype)
 
 
-class GrainAttention(nn.Module):
+def _narrow(units: int, hidden: int) -> bool:
+    """A narrow input (compact context or FFN) carries its output bias as an extra column of ones."""
+    return units + 1 <= hidden // 2
+
+
+class GrainAttention(_DerivedWeights):
     """Self-attention, output projection, residual and LayerNorm (BERT's `attention` block)."""
 
     def __init__(self, config: GrainConfig, layer_idx: int):
@@ -287,15 +440,41 @@ class GrainAttention(nn.Module):
         self.output.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, mask_bias, qk_mask=None, vo_mask=None) -> torch.Tensor:
+    def output_weight(self, plan: AttentionPlan, fold_bias: bool) -> torch.Tensor:
+        """W_O with its columns in the plan's context order (zero columns for padding), [| b_O]."""
         dense = self.output.dense
-        if self.self.num_heads == 0:  # empty sub-layer: LayerNorm(x + b_O) (spec §7)
-            return self.output.LayerNorm(x + dense.bias)
-        context = self.self(x, mask_bias, qk_mask, vo_mask)
-        return self.output.LayerNorm(x + self.dropout(dense(context)))
+
+        def build():
+            weight = dense.weight
+            if not plan.identity:
+                weight = F.pad(weight, (0, 1)).index_select(1, torch.tensor(plan.columns, device=weight.device))
+            return torch.cat([weight, dense.bias[:, None]], dim=1) if fold_bias else weight
+
+        return self.derived(f"wo{id(plan)}{fold_bias}", [dense.weight, dense.bias], build)
+
+    def forward(self, x, mask_bias, qk_mask=None, vo_mask=None, inplace: bool = False) -> torch.Tensor:
+        """LayerNorm(x + W_O context + b_O). `inplace`: x may be overwritten (inference only)."""
+        attn, dense, norm = self.self, self.output.dense, self.output.LayerNorm
+        if attn.vo_total == 0:  # empty sub-layer: LayerNorm(x + b_O) (spec §7)
+            return norm(x + dense.bias)
+        if attn.impl == "loop":
+            return norm(x + self.dropout(dense(attn(x, mask_bias, qk_mask, vo_mask))))
+        fast = _inference(self) and qk_mask is None and vo_mask is None
+        plan = attn.plan(x.device, fast)
+        if not fast:
+            context = attn.context(x, mask_bias, plan, qk_mask, vo_mask)
+            return norm(x + self.dropout(F.linear(context, self.output_weight(plan, False), dense.bias)))
+        fold = _narrow(plan.width, x.shape[-1])
+        context = attn.context(x, mask_bias, plan, ones=fold)
+        weight = self.output_weight(plan, fold)
+        x2, c2 = x.reshape(-1, x.shape[-1]), context.reshape(-1, context.shape[-1])
+        if not fold:  # (W_O c + b_O) + x, in transformers' order
+            return norm(F.linear(c2, weight, dense.bias).add_(x2).view_as(x))
+        y = x2.addmm_(c2, weight.t()) if inplace else torch.addmm(x2, c2, weight.t())  # x + [W_O | b_O] [c | 1]
+        return norm(y.view_as(x))
 
 
-class GrainLayer(nn.Module):
+class GrainLayer(_DerivedWeights):
     """One transformer block: attention then FFN, each post-LN (BERT names)."""
 
     def __init__(self, config: GrainConfig, layer_idx: int):
@@ -311,14 +490,24 @@ class GrainLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.ffn_size = ffn
 
-    def forward(self, x, mask_bias, qk_mask=None, vo_mask=None, ffn_mask=None) -> torch.Tensor:
-        x = self.attention(x, mask_bias, qk_mask, vo_mask)
+    def forward(self, x, mask_bias, qk_mask=None, vo_mask=None, ffn_mask=None, inplace: bool = False) -> torch.Tensor:
+        """`inplace`: the layer may overwrite its input x (inference, when hidden states are not kept)."""
+        x = self.attention(x, mask_bias, qk_mask, vo_mask, inplace=inplace)
+        w2, norm = self.output.dense, self.output.LayerNorm
         if self.ffn_size == 0:  # empty sub-layer: LayerNorm(x + b2) (spec §7)
-            return self.output.LayerNorm(x + self.output.dense.bias)
-        h = self.act(self.intermediate.dense(x))  # (B, T, F)
-        if ffn_mask is not None:
-            h = h * ffn_mask.to(h.dtype)
-        return self.output.LayerNorm(x + self.dropout(self.output.dense(h)))
+            return norm(x + w2.bias)
+        if not _inference(self) or ffn_mask is not None:
+            h = self.act(self.intermediate.dense(x))  # (B, T, F)
+            if ffn_mask is not None:
+                h = h * ffn_mask.to(h.dtype)
+            return norm(x + self.dropout(w2(h)))
+        x2 = x.reshape(-1, x.shape[-1])
+        h = self.act(self.intermediate.dense(x2))  # (N, F)
+        if not _narrow(self.ffn_size, x.shape[-1]):  # (W2 h + b2) + x, in transformers' order
+            return norm(w2(h).add_(x2).view_as(x))
+        h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
+        weight = self.derived("w2", [w2.weight, w2.bias], lambda: torch.cat([w2.weight, w2.bias[:, None]], 1))
+        return norm(x2.addmm_(h, weight.t()).view_as(x))  # x is the attention block's fresh output: ours
 
 
 class GrainEncoder(nn.Module):
@@ -326,29 +515,21 @@ class GrainEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(GrainLayer(config, i) for i in range(config.num_hidden_layers))
 
-    def forward(self, x, mask_bias, masks=None) -> tuple[torch.Tensor, ...]:
+    def forward(self, x, mask_bias, masks=None, keep_hidden: bool = True) -> tuple[torch.Tensor, ...]:
+        """All hidden states (embedding output first) or, without `keep_hidden`, only the last one."""
         hidden = [x]
         for i, layer in enumerate(self.layer):
-            if masks is None:
-                x = layer(x, mask_bias)
-            else:
-                x = layer(x, mask_bias, masks.qk[i], masks.vo[i], masks.ffn[i])
-            hidden.append(x)
-        return tuple(hidden)
+            m = (masks.qk[i], masks.vo[i], masks.ffn[i]) if masks is not None else (None, None, None)
+            x = layer(x, mask_bias, *m, inplace=not keep_hidden and i > 0)
+            if keep_hidden:
+                hidden.append(x)
+        return tuple(hidden) if keep_hidden else (x,)
 
 
 class GrainPreTrainedModel(PreTrainedModel):
     config_class = GrainConfig
     base_model_prefix = "grain"
     _supports_sdpa = True
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, GrainSelfAttention):  # derived buffers: rebuilt after meta-device init
-            padded_index, context_index = module.layout()
-            module.padded_index.copy_(padded_index)
-            module.context_index.copy_(context_index)
 
     def check_masks(self, masks) -> None:
         """Masks are (layers, units) tensors and apply only to a dense-layout model."""
@@ -399,8 +580,10 @@ class GrainModel(GrainPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None,
                 output_hidden_states=True, **_unused) -> GrainOutput:
         self.check_masks(masks)
+        if attention_mask is not None and not _tracing() and bool(attention_mask.all()):
+            attention_mask = None  # no padding: attention without a bias is the same, and faster
         x = self.embeddings(input_ids, token_type_ids)
-        hidden = self.encoder(x, _mask_bias(attention_mask, x.dtype), masks)
+        hidden = self.encoder(x, _mask_bias(attention_mask, x.dtype), masks, keep_hidden=output_hidden_states)
         last = hidden[-1]
         pooled = torch.tanh(self.pooler.dense(last[:, 0])) if self.pooler is not None else None
         return GrainOutput(last_hidden_state=last, pooler_output=pooled,
@@ -427,7 +610,7 @@ class GrainForSequenceClassification(GrainPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, labels=None,
                 output_hidden_states=True, **_unused) -> GrainOutput:
-        out = self.grain(input_ids, attention_mask, token_type_ids, masks)
+        out = self.grain(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         if isinstance(self.classifier, nn.Linear):
             logits = self.classifier(self.dropout(out.pooler_output))
         else:
@@ -457,7 +640,7 @@ class GrainForTokenClassification(GrainPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, labels=None,
                 output_hidden_states=True, **_unused) -> GrainOutput:
-        out = self.grain(input_ids, attention_mask, token_type_ids, masks)
+        out = self.grain(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, labels)
         loss = None
         if labels is not None:
@@ -477,7 +660,7 @@ class GrainForQuestionAnswering(GrainPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, start_positions=None,
                 end_positions=None, output_hidden_states=True, **_unused) -> GrainOutput:
-        out = self.grain(input_ids, attention_mask, token_type_ids, masks)
+        out = self.grain(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         start, end = start.contiguous(), end.contiguous()
         loss = None

@@ -1,0 +1,468 @@
+"""Latency of compact models against the dense teacher, next to the FLOP ratio (spec §8.2).
+
+Every number a report holds comes from one process: the models run interleaved, in eval and
+inference mode, on the same fixed inputs, after a warm-up, with the thread count fixed and recorded
+(CUDA: events and synchronisation). The speed-up is a ratio of medians measured side by side, and
+the FLOP ratio of the same two models says how close to the limit it is. A uniform reference -- a
+dense-style model with the compact model's encoder parameter count, every head the same size --
+prices the non-uniform heads: `uniform_ratio` = compact latency / reference latency.
+
+Inputs: random token ids at a fixed shape (the paper's batch 128 x length 512 on GPU; 32 x 128 on
+CPU by default) or real dev examples of a task. `table6_sizes` builds per-head structures whose
+totals match the paper's Table 6 (spec §10.5), for benchmarks without a pruned model.
+
+MACs (multiply-accumulates) count what a model's encoder computes: projections, each head's scores
+(B T^2 a) and context (B T^2 b) at its own sizes, FFN; padding counts what an execution plan adds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from grain.errors import GrainError
+from grain.modeling import GrainConfig, attention_plan
+
+log = logging.getLogger(__name__)
+
+CPU_SHAPE = (32, 128)  # batch, length
+GPU_SHAPE = (128, 512)  # the paper's latency setup (spec §8.2)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Table 6 (spec §10.5): structures at 5% density. task -> alpha -> (MHA layers, heads, query units
+# per head, value units per head, FFN neurons per layer).
+TABLE6: dict[str, dict[float, tuple[int, int, float, float, float]]] = {
+    "qnli": {0.0: (12, 95, 9.8, 8.2, 87.9), 0.3: (12, 25, 28.6, 28.5, 106.1)},
+    "mnli": {0.0: (12, 86, 9.0, 8.6, 103.9), 0.3: (11, 21, 28.8, 32.9, 122.5)},
+    "qqp": {0.0: (12, 93, 9.8, 8.7, 87.1), 0.3: (12, 26, 27.5, 26.4, 113.5)},
+    "sst2": {0.0: (12, 101, 4.2, 8.9, 120.2), 0.3: (11, 19, 20.5, 37.7, 138.2)},
+    "squad": {0.0: (12, 75, 12.8, 10.1, 87.3), 0.3: (12, 23, 33.0, 30.8, 108.0)},
+    "conll2003": {0.0: (12, 91, 6.1, 9.1, 114.5), 0.3: (9, 22, 21.4, 31.9, 132.6)},
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The `bench:` section of params.yaml.
+
+    Attributes:
+        inputs: "random" token ids at a fixed shape, or "dev": the first examples of the task's
+            evaluation split, padded to the longest (at most `seq_length` tokens).
+        batch_size: rows per batch; None: 128 on GPU (the paper), 32 on CPU.
+        seq_length: tokens per row; None: 512 on GPU, 128 on CPU.
+        warmup: untimed runs of every model before timing.
+        repeats: timed runs of every model, interleaved.
+        threads: CPU intra-op threads, fixed for the run and recorded; None: torch's current number.
+        dtype: "float32", or "bfloat16" (every model converted, teacher included).
+        uniform_reference: also time the uniform model with the compact model's parameter count.
+        seed: seed of the random token ids and of the reference's weights.
+    """
+
+    inputs: Literal["random", "dev"] = "random"
+    batch_size: int | None = None
+    seq_length: int | None = None
+    warmup: int = 3
+    repeats: int = 10
+    threads: int | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    uniform_reference: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.inputs not in ("random", "dev"):
+            raise GrainError(f"inputs must be 'random' or 'dev', got {self.inputs!r}")
+        if self.dtype not in DTYPES:
+            raise GrainError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("batch_size", "seq_length", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise GrainError(f"{name} must be at least 1, got {value}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise GrainError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
+
+    def shape(self, device: torch.device) -> tuple[int, int]:
+        """(batch, length) with the device defaults filled in."""
+        default = GPU_SHAPE if device.type == "cuda" else CPU_SHAPE
+        return self.batch_size or default[0], self.seq_length or default[1]
+
+
+# --- structures --------------------------------------------------------------------------------
+
+
+def _spread(total: int, n: int, low: int, high: int, rng: random.Random, weights: list[float]) -> list[int]:
+    """`n` integers in [low, high] summing to `total`, each unit drawn in proportion to `weights`."""
+    if not low * n <= total <= high * n:
+        raise ValueError(f"cannot spread {total} over {n} slots of {low}..{high}")
+    sizes = [low] * n
+    for _ in range(total - low * n):
+        open_slots = [i for i in range(n) if sizes[i] < high and weights[i] > 0] or \
+                     [i for i in range(n) if sizes[i] < high]
+        sizes[rng.choices(open_slots, [weights[i] or 1.0 for i in open_slots])[0]] += 1
+    return sizes
+
+
+def table6_sizes(task: str = "qnli", alpha: float = 0.3, seed: int = 0, config: GrainConfig | None = None) -> dict:
+    """Per-layer, per-head sizes whose totals match Table 6 (spec §10.5), with a seeded spread.
+
+    Heads differ in size; value sizes follow a gamma spread, query/key sizes follow their head's value
+    size with noise, and about one head in twelve (at least one) keeps value units only (spec §7).
+    Layers without heads are drawn at random when Table 6 reports fewer than all MHA layers.
+
+    Returns:
+        {"qk_sizes", "vo_sizes", "ffn_sizes"} for `GrainConfig(**sizes)` (BERT-base shaped by default).
+    """
+    if task not in TABLE6 or alpha not in TABLE6[task]:
+        known = ", ".join(f"{t}@{a}" for t in TABLE6 for a in TABLE6[t])
+        raise GrainError(f"no Table 6 structure for {task} at alpha {alpha}; known: {known}")
+    config = config or GrainConfig()
+    layers, head_size = config.num_hidden_layers, config.head_size
+    mha, heads, qk_mean, vo_mean, ffn_mean = TABLE6[task][alpha]
+    rng = random.Random(seed)
+    mha_layers = sorted(rng.sample(range(layers), mha))
+    per_layer = _spread(heads, mha, 1, config.num_attention_heads, rng, [rng.gammavariate(2, 1) for _ in range(mha)])
+    vo_weights = [rng.gammavariate(2, 1) for _ in range(heads)]
+    vo = _spread(round(heads * vo_mean), heads, 1, head_size, rng, vo_weights)
+    value_only = set(rng.sample(range(heads), max(1, round(heads / 12))))
+    qk_weights = [0.0 if h in value_only else vo[h] * rng.lognormvariate(0, 0.5) for h in range(heads)]
+    qk = _spread(round(heads * qk_mean), heads, 0, head_size, rng, qk_weights)
+    ffn = _spread(round(layers * ffn_mean), layers, 0, config.intermediate_size, rng,
+                  [rng.gammavariate(2, 1) for _ in range(layers)])
+    qk_sizes, vo_sizes, at = [[] for _ in range(layers)], [[] for _ in range(layers)], 0
+    for layer, n in zip(mha_layers, per_layer):
+        qk_sizes[layer], vo_sizes[layer] = qk[at:at + n], vo[at:at + n]
+        at += n
+    return {"qk_sizes": qk_sizes, "vo_sizes": vo_sizes, "ffn_sizes": ffn}
+
+
+def encoder_parameters(config: GrainConfig) -> int:
+    """Parameters of the encoder layers (projections, biases, LayerNorms; no embeddings or heads)."""
+    D, total = config.hidden_size, 0
+    for qk, vo, ffn in zip(config.qk_sizes, config.vo_sizes, config.ffn_sizes):
+        A, V = sum(qk), sum(vo)
+        total += (D + 1) * (2 * A + V) + V * D + D + 2 * D  # Q, K, V with biases; W_O, b_O; LayerNorm
+        total += (D + 1) * ffn + ffn * D + D + 2 * D  # W1, b1; W2, b2; LayerNorm
+    return total
+
+
+def uniform_sizes(config: GrainConfig) -> dict:
+    """A uniform layout with the encoder parameter count of `config`: the reference for non-uniform heads.
+
+    Every layer gets round(heads / layers) heads (at least one) whose query/key and value/output size
+    is the mean per-head size of `config`; the FFN width absorbs the rest of the parameter budget.
+    """
+    L, D = config.num_hidden_layers, config.hidden_size
+    heads = [(a, b) for qk, vo in zip(config.qk_sizes, config.vo_sizes) for a, b in zip(qk, vo) if b > 0]
+    H = max(1, round(len(heads) / L))
+    d = max(1, round(sum(a + b for a, b in heads) / (2 * max(1, len(heads)))))
+    per_layer = encoder_parameters(config) / L
+    attention = (D + 1) * 3 * H * d + H * d * D + 3 * D
+    ffn = max(0, round((per_layer - attention - 3 * D) / (2 * D + 1)))
+    return {"qk_sizes": [[d] * H] * L, "vo_sizes": [[d] * H] * L, "ffn_sizes": [ffn] * L}
+
+
+def model_config(base: GrainConfig, sizes: Mapping[str, Any], **overrides) -> GrainConfig:
+    """`base` with other per-head and FFN sizes (and any other field overridden)."""
+    fields = {**base.to_dict(), **sizes, **overrides}
+    for key in ("model_type", "transformers_version", "architectures", "auto_map"):
+        fields.pop(key, None)
+    return GrainConfig(**fields)
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------
+
+
+def flops(config: GrainConfig, batch: int, length: int) -> dict[str, int]:
+    """Multiply-accumulates of the encoder at (batch, length), and what padding adds.
+
+    Returns:
+        "embeddings" (the factorised projection, spec §6.3), "qkv", "attention" (scores and context
+        of every head at its own sizes), "output", "ffn", "total", and the extra MACs of zero-padding
+        under the grouped plan ("padding_grouped") and under one padded width per layer
+        ("padding_padded").
+    """
+    N, D = batch * length, config.hidden_size
+    count = dict.fromkeys(("embeddings", "qkv", "attention", "output", "ffn", "padding_grouped", "padding_padded"), 0)
+    if config.embedding_rank:
+        count["embeddings"] = N * config.embedding_rank * D
+    for qk, vo, ffn in zip(config.qk_sizes, config.vo_sizes, config.ffn_sizes):
+        count["ffn"] += 2 * N * D * ffn
+        live = [(a, b) for a, b in zip(qk, vo) if b > 0]  # heads without value units add nothing (spec §7)
+        if not live:
+            continue
+        A, V = sum(a for a, _ in live), sum(b for _, b in live)
+        count["qkv"] += N * D * (2 * A + V)
+        count["attention"] += batch * length * length * (A + V)
+        count["output"] += N * V * D
+        for scheme in ("grouped", "padded"):
+            plan = attention_plan(qk, vo, scheme)
+            rows, scored = len(plan.rows), sum(w * len(h) for w, h in plan.groups)
+            extra = N * D * (rows - 2 * A - V) + N * D * (plan.width - V)  # zero rows and columns
+            extra += batch * length * length * 2 * scored - batch * length * length * (
+                sum(a + b for h, (a, b) in enumerate(zip(qk, vo)) if h not in plan.mean_heads and b > 0))
+            count[f"padding_{scheme}"] += max(0, extra)
+    count["total"] = sum(count[k] for k in ("embeddings", "qkv", "attention", "output", "ffn"))
+    return count
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def random_inputs(config: GrainConfig, batch: int, length: int, seed: int = 0,
+                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Random token ids of shape (batch, length), no padding (the paper's latency inputs, spec §8.2)."""
+    if batch < 1 or length < 1:
+        raise GrainError(f"input shape must be positive, got batch {batch} x length {length}")
+    if length > config.max_position_embeddings:
+        raise GrainError(f"length {length} exceeds the model's {config.max_position_embeddings} positions")
+    g = torch.Generator().manual_seed(seed)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    low = pad + 2 if pad + 2 < config.vocab_size else 0  # keep clear of the padding (and RoBERTa's <s>) ids
+    ids = torch.randint(low, config.vocab_size, (batch, length), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "token_type_ids": torch.zeros_like(ids).to(device)}
+
+
+def dev_inputs(task: str, tokenizer: Any, batch: int, length: int, data_dir: str | None = None,
+               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The first `batch` examples of the task's evaluation split, padded to the longest (<= length)."""
+    from grain.batching import collate
+    from grain.tasks import get_task
+
+    spec = get_task(task)
+    raw = spec.load(f"{spec.eval_split}[:{batch}]", data_dir=data_dir)
+    features = spec.encode(raw, tokenizer, max_length=length)
+    if len(features) < batch:
+        raise GrainError(f"{task}: only {len(features)} dev examples, fewer than the batch size {batch}")
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    rows = features.select(range(batch)).with_format(None)
+    columns = {k: rows[k] for k in ("input_ids", "token_type_ids") if k in rows.column_names}
+    batch_inputs = collate(columns, pad)
+    return {k: v[:, :length].to(device) for k, v in batch_inputs.items()}
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+def _clock(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function that runs `fn` once and returns its duration in milliseconds."""
+    if device.type == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end)
+        return run
+
+    def run(fn):
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000.0
+    return run
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None):
+    """Run the block with `threads` intra-op threads (None: leave them), restoring the old number."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def time_models(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], warmup: int = 3,
+                repeats: int = 10) -> dict[str, list[float]]:
+    """Milliseconds per forward of every model, interleaved run by run on the same inputs.
+
+    Each round times every model once, in an order that rotates from round to round, so slow phases
+    of a shared machine fall on all models alike.
+    """
+    device = next(iter(inputs.values())).device
+    clock = _clock(device)
+    names = list(models)
+    calls = {name: _forward(models[name], inputs) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                calls[name]()
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                times[name].append(clock(calls[name]))
+    return times
+
+
+def _forward(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Callable[[], Any]:
+    model.eval()
+    return lambda: model(**inputs, output_hidden_states=False)
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """mean, p50, p90, std and min of a list of milliseconds."""
+    ordered = sorted(times)
+
+    def quantile(q):
+        at = q * (len(ordered) - 1)
+        low = math.floor(at)
+        return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (at - low)
+
+    return {"mean_ms": statistics.fmean(ordered), "p50_ms": quantile(0.5), "p90_ms": quantile(0.9),
+            "std_ms": statistics.pstdev(ordered), "min_ms": ordered[0], "runs": len(ordered)}
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    """Where the numbers come from: device, its name, library versions, thread count."""
+    import transformers
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name() or platform.processor() or platform.machine()
+    return {"device": device.type, "device_name": name, "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+
+def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], reference: str = "teacher",
+            subject: str | None = None, warmup: int = 3, repeats: int = 10, threads: int | None = None) -> dict:
+    """Time `models` side by side and relate each to `reference` (speed-up) and to its MACs.
+
+    Args:
+        models: name -> model (grain models; other modules are timed but get no MAC count).
+        inputs: one batch, e.g. from `random_inputs` or `dev_inputs`.
+        reference: the model speed-ups are measured against (the dense teacher).
+        subject: the model the report's top-level numbers describe (default: the first model that is
+            not the reference); "uniform", when present, prices its non-uniform heads.
+        threads: CPU intra-op threads for the run (recorded).
+
+    Returns:
+        A JSON-ready report: environment, shape, per-model latency summary, MACs, parameter count,
+        speed-up and FLOP ratio against the reference, and the subject's numbers at the top level.
+    """
+    if reference not in models:
+        raise GrainError(f"reference model {reference!r} is not among {', '.join(models)}")
+    ids = inputs["input_ids"]
+    batch, length = ids.shape
+    with fixed_threads(threads) as used:
+        times = time_models(models, inputs, warmup, repeats)
+    report: dict[str, Any] = {**environment(ids.device, used), "batch_size": batch, "seq_length": length,
+                              "padding_fraction": 1.0 - float(inputs["attention_mask"].float().mean())
+                              if "attention_mask" in inputs else 0.0,
+                              "warmup": warmup, "repeats": repeats, "reference": reference, "models": {}}
+    for name, model in models.items():
+        entry = summary(times[name])
+        config = getattr(model, "config", None)
+        if isinstance(config, GrainConfig):
+            entry.update(macs=flops(config, batch, length)["total"], encoder_parameters=encoder_parameters(config),
+                         attention_impl=config.attention_impl)
+        report["models"][name] = entry
+    ref = report["models"][reference]
+    for entry in report["models"].values():
+        entry["speedup"] = ref["p50_ms"] / entry["p50_ms"]
+        if "macs" in entry and "macs" in ref:
+            entry["flop_ratio"] = ref["macs"] / max(entry["macs"], 1)
+            entry["flop_efficiency"] = entry["speedup"] / entry["flop_ratio"]
+    subject = subject or next((n for n in models if n != reference), reference)
+    top = report["models"][subject]
+    report.update(subject=subject, mean_ms=top["mean_ms"], p50_ms=top["p50_ms"], p90_ms=top["p90_ms"],
+                  speedup=top["speedup"], flop_ratio=top.get("flop_ratio"))
+    if "uniform" in models and subject != "uniform":
+        report["uniform_ratio"] = top["p50_ms"] / report["models"]["uniform"]["p50_ms"]
+    return report
+
+
+def uniform_reference(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A random model of the same class with uniform heads and the encoder parameter count of `model`."""
+    config = model.config
+    reference_config = model_config(config, uniform_sizes(config))
+    with _seeded(seed):
+        reference = type(model)(reference_config)
+    dtype = next(model.parameters()).dtype
+    return reference.to(device=next(model.parameters()).device, dtype=dtype).eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def bench_stage(compact_dir: str | Path, teacher_dir: str | Path, settings: BenchSettings | None = None,
+                task: str | None = None, data_dir: str | None = None, device: str = "cpu") -> dict:
+    """The `bench` stage: latency of a compact model directory against its teacher's (latency.json).
+
+    Args:
+        compact_dir, teacher_dir: saved model directories (grain or Hugging Face).
+        settings: the `bench:` section of params.yaml.
+        task: the task whose dev examples feed `inputs: dev` (required then).
+        data_dir: where task data lives (see grain.tasks).
+        device: "cpu" or "cuda[:n]".
+    """
+    from grain.loading import from_pretrained, load_tokenizer
+
+    settings = settings or BenchSettings()
+    device = _device(device)
+    dtype = DTYPES[settings.dtype]
+    for path in (compact_dir, teacher_dir):
+        if not Path(path).is_dir():
+            raise GrainError(f"model directory {path} does not exist; run the stage that makes it or pass a directory")
+    models = {"compact": from_pretrained(compact_dir), "teacher": from_pretrained(teacher_dir)}
+    if settings.uniform_reference:
+        models["uniform"] = uniform_reference(models["compact"], settings.seed)
+    models = {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
+    batch, length = settings.shape(device)
+    if settings.inputs == "dev":
+        if task is None:
+            raise GrainError("inputs: dev needs a task (grain bench --task NAME)")
+        inputs = dev_inputs(task, load_tokenizer(compact_dir), batch, length, data_dir, device)
+    else:
+        inputs = random_inputs(models["compact"].config, batch, length, settings.seed, device)
+    report = compare(models, inputs, "teacher", "compact", settings.warmup, settings.repeats, settings.threads)
+    report.update(inputs=settings.inputs, dtype=settings.dtype)
+    log.info("compact p50 %.1f ms, teacher p50 %.1f ms: %.2fx (FLOP ratio %.1fx)", report["p50_ms"],
+             report["models"]["teacher"]["p50_ms"], report["speedup"], report["flop_ratio"] or float("nan"))
+    return report
+
+
+def _device(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GrainError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GrainError("device cuda requested but no CUDA device is available; use --device cpu")
+    return device

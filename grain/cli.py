@@ -1,0 +1,428 @@
+"""`grain <stage>`: thin command-line stages over one library call each, used verbatim by dvc.yaml
+and the Snakemake rules.
+
+Every stage reads `params.yaml` (or `--params FILE`) and its wildcards, writes its output to a
+temporary sibling that is renamed into place only on success, writes a small `metrics.json`, and
+logs one MLflow run. A `GrainError` ends the command with `error: <one line>` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from grain.errors import GrainError
+from grain.params import (
+    PARAMS_FILE,
+    Params,
+    check_density,
+    format_density,
+    load_params,
+    plain,
+    profile_names,
+    use_profile,
+)
+
+log = logging.getLogger("grain.cli")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces: output files, progress, tracking
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(plain(data), handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise GrainError(f"{path}: missing {what}; run the stage that makes it first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise GrainError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary directory that replaces `path` in one rename when the block succeeds."""
+    from grain.checkpoint import atomic_directory
+
+    with atomic_directory(path) as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, tags: Mapping[str, Any], settings: Any = None) -> Iterator[Any]:
+    """One MLflow run for this stage execution; FAILED if the block raises."""
+    from grain.tracking import StageRun
+
+    run_tags = {**tags, "profile": params.profile, "base_model": params.base_model}
+    logged = {"settings": plain(settings)} if settings is not None else {}
+    with StageRun(stage, run_tags, logged) as run:
+        yield run
+
+
+def run_tags(task: str, variant: str, density: float, seed: int) -> dict[str, Any]:
+    return {"task": task, "variant": variant, "density": format_density(density), "seed": seed}
+
+
+def _task(name: str) -> Any:
+    from grain.tasks import get_task
+
+    return get_task(name)
+
+
+def _require_dir(path: Path, what: str, stage: str) -> Path:
+    if not path.is_dir():
+        raise GrainError(f"{path}: missing {what}; run `grain {stage}` for it first")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages: each is one library call plus its output bookkeeping
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    """Fine-tune the base model on the task: `{results}/{task}/teacher/`."""
+    import grain
+    from grain.accounting import params as parameter_counts
+    from grain.train import train_teacher
+
+    params = load_params(args.params)
+    task = _task(args.task)
+    settings = params.teacher_settings(task.name)
+    out = params.teacher_dir(task.name)
+    with stage_run("teacher", params, {"task": task.name}, settings) as run:
+        with atomic_output(out) as tmp:
+            metrics = train_teacher(
+                params.base_model, task, settings, output_dir=tmp, work_dir=_work_dir(out),
+                data_dir=params.data_dir, seed=params.teacher_seed, logger=run, device=params.device,
+                progress=True,
+            )
+            model = grain.from_pretrained(tmp)
+            metrics["eval"] = evaluate_model(model, tmp, task, params, task.name)
+            metrics["params"] = parameter_counts(model.config)
+            write_json(tmp / "metrics.json", {"stage": "teacher", "task": task.name, **metrics})
+        run.log_summary({"eval": metrics["eval"]})
+    log.info("teacher: %s %.2f (%s)", task.main_metric, metrics["eval"]["main"], out)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    """Prune with distillation from the teacher down to `--density`: `.../pruned/`."""
+    from grain.prune import prune_with_distillation
+
+    params = load_params(args.params)
+    task = _task(args.task)
+    density = check_density(args.density, "--density")
+    settings = params.prune_settings(task.name, args.variant)
+    teacher = _require_dir(params.teacher_dir(task.name), "teacher", f"teacher --task {task.name}")
+    run_dir = params.run_dir(task.name, args.variant, density, args.seed)
+    out = run_dir / "pruned"
+    tags = run_tags(task.name, args.variant, density, args.seed)
+    with stage_run("prune", params, tags, settings) as run:
+        with atomic_output(out) as tmp:
+            metrics = prune_with_distillation(
+                teacher, params.base_model, task, settings, density=density, seed=args.seed, output_dir=tmp,
+                work_dir=_work_dir(out), data_dir=params.data_dir, logger=run, device=params.device,
+                progress=True, variant=args.variant,
+            )
+        write_curve(run_dir / "curve.csv", run.history)
+        run.log_artifact(out / "metrics.json")
+    log.info("pruned student written to %s", out)
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    """Remove the masked units physically: `.../compact/` (a compact model directory)."""
+    import grain
+    from grain.compact import save_compact
+
+    params = load_params(args.params)
+    density = check_density(args.density, "--density")
+    run_dir = params.run_dir(args.task, args.variant, density, args.seed)
+    pruned = _require_dir(run_dir / "pruned", "pruned student", "prune")
+    out = run_dir / "compact"
+    tags = run_tags(args.task, args.variant, density, args.seed)
+    with stage_run("compact", params, tags) as run:
+        model = grain.from_pretrained(pruned)
+        small = grain.compact(model, grain.Masks.load(pruned / "masks.safetensors"))
+        with atomic_output(out) as tmp:
+            save_compact(small, tmp, tokenizer=grain.load_tokenizer(pruned))
+            summary = read_json(tmp / "structure.json", "structure summary")
+            write_json(tmp / "metrics.json", {"stage": "compact", **tags, **_model_facts(summary)})
+        run.log_summary(_model_facts(summary))
+        run.log_artifact(out / "structure.json")
+        _log_structure_plot(run, summary, small.config, tags)
+    log.info("compact model (density %.4f) written to %s", summary["density"], out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Score the compact model on the task's evaluation split(s): `.../eval.json`."""
+    import grain
+
+    params = load_params(args.params)
+    task = _task(args.task)
+    density = check_density(args.density, "--density")
+    run_dir = params.run_dir(task.name, args.variant, density, args.seed)
+    compact = _require_dir(run_dir / "compact", "compact model", "compact")
+    tags = run_tags(task.name, args.variant, density, args.seed)
+    with stage_run("evaluate", params, tags) as run:
+        model = grain.from_pretrained(compact)
+        scores = evaluate_model(model, compact, task, params, task.name)
+        summary = read_json(compact / "structure.json", "structure summary")
+        result = {
+            **tags, "density": density, "seed": args.seed, "stage": "evaluate",
+            "base_model": params.base_model, "family": model.config.family, "main_metric": task.main_metric,
+            "main": scores["main"], "metrics": scores, "model": summary,
+            "head_size": model.config.head_size, "num_attention_heads": model.config.num_attention_heads,
+        }
+        write_json(run_dir / "eval.json", result)
+        run.log_summary({"eval": scores})
+    log.info("%s = %.2f  (%s)", task.main_metric, result["main"], run_dir / "eval.json")
+
+
+def evaluate_model(model: Any, model_dir: Path, task: Any, params: Params, task_name: str) -> dict[str, Any]:
+    """The task's metrics of a saved model with the `evaluate:` settings (the same for every stage)."""
+    import grain
+    from grain.evaluation import evaluate
+
+    settings = params.evaluate_settings(task_name)
+    return evaluate(
+        model, grain.load_tokenizer(model_dir), task, split=settings.split, data_dir=params.data_dir,
+        batch_size=settings.batch_size, max_length=settings.max_length, device=params.device,
+    )
+
+
+def _model_facts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A structure summary without its per-layer detail."""
+    return {k: v for k, v in summary.items() if k != "layers"}
+
+
+def _work_dir(out: Path) -> Path:
+    """Checkpoints of a stage sit beside its output (`pruned.work`), so a killed run resumes."""
+    return out.with_name(f"{out.name}.work")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Measure the compact model's latency against the teacher's: `.../latency.json`."""
+    try:
+        from grain.bench import bench_stage
+    except ImportError:
+        raise GrainError("grain.bench is not available in this build yet (the speed issue adds it)") from None
+    params = load_params(args.params)
+    density = check_density(args.density, "--density")
+    run_dir = params.run_dir(args.task, args.variant, density, args.seed)
+    compact = _require_dir(run_dir / "compact", "compact model", "compact")
+    teacher = _require_dir(params.teacher_dir(args.task), "teacher", "teacher")
+    tags = run_tags(args.task, args.variant, density, args.seed)
+    settings = params.bench_settings()
+    with stage_run("bench", params, tags, settings) as run:
+        result = bench_stage(compact, teacher, settings)
+        write_json(run_dir / "latency.json", {**tags, "stage": "bench", **result})
+        run.log_summary(result)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    """Rebuild the paper's tables and the figures from every eval/latency JSON under results/."""
+    from grain import figures, tables
+
+    params = load_params(args.params)
+    with stage_run("tables", params, {}, params.tables) as run:
+        runs = tables.collect(args.results)
+        written = tables.write_tables(runs, Path(args.results) / "tables", params.tables)
+        figures_dir = Path(args.results) / "figures"
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        if params.tables.figures:
+            written += figures.write_figures(runs, figures_dir)
+        run.log_summary({"runs": len(runs.evals)})
+        for path in written:
+            run.log_artifact(path, path.parent.name)
+    log.info("%d files written under %s (from %d runs)", len(written), args.results, len(runs.evals))
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    """Switch profile, or check `params.yaml` and print the grid."""
+    if args.list:
+        print("\n".join(profile_names()))
+        return
+    if args.profile:
+        changed = use_profile(args.profile, args.params, force=args.force)
+        state = "now uses" if changed else "already uses"
+        print(f"{args.params} {state} profile {args.profile!r}")
+    params = load_params(args.params)
+    grid = params.grid
+    print(
+        f"profile {params.profile}: {params.base_model}; {len(grid.tasks)} task(s) x {len(grid.variants)} "
+        f"variant(s) x {len(grid.densities)} density(ies) x {len(grid.seeds)} seed(s) = {len(grid.runs())} runs"
+    )
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    """Export a model directory to ONNX (dynamic batch and sequence), checked against torch."""
+    from grain.export import export_onnx
+
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's INFO lines drown ours
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    task = None if args.task == "encoder" else args.task
+    result = export_onnx(args.dir, args.out, task=task, opset=args.opset, atol=args.atol, check=not args.no_check)
+    diff = result["max_abs_diff"]
+    log.info("%s written (%s; max abs diff vs torch %s)", result["path"], result["task"] or "encoder",
+             "not checked" if diff is None else f"{diff:.2e}")
+
+
+def write_curve(path: Path, history: list[tuple[int, dict[str, float]]]) -> Path:
+    """The per-step log of a training loop as CSV (one row per step; DVC plots it)."""
+    import csv
+
+    keys = sorted({k for _, metrics in history for k in metrics})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *keys])
+        for step, metrics in history:
+            writer.writerow([step, *(_csv_number(metrics.get(k)) for k in keys)])
+    os.replace(tmp, path)
+    return path
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _log_structure_plot(run: Any, summary: Mapping[str, Any], config: Any, tags: Mapping[str, Any]) -> None:
+    from grain import figures
+
+    layout = {"layers": summary["layers"], "head_size": config.head_size, "num_attention_heads": config.num_attention_heads}
+    figure = figures.structure_heatmap(layout, title=" ".join(str(v) for v in tags.values()))
+    if figure is not None:
+        run.log_figure(figure, "structure.png")
+        figures.close(figure)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_run(parser: argparse.ArgumentParser, variant: bool = True) -> None:
+    parser.add_argument("--task", required=True, help="task name, e.g. sst2 or synth-sst2")
+    if variant:
+        parser.add_argument("--variant", required=True, help="method variant, e.g. grain")
+        parser.add_argument("--density", required=True, type=_float, help="encoder density in (0, 1]")
+        parser.add_argument("--seed", required=True, type=int, help="random seed")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], bool]] = {
+    "teacher": (cmd_teacher, False),
+    "prune": (cmd_prune, True),
+    "compact": (cmd_compact, True),
+    "evaluate": (cmd_evaluate, True),
+    "bench": (cmd_bench, True),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grain", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, per_run) in STAGES.items():
+        stage = sub.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
+        _add_run(stage, variant=per_run)
+        _add_common(stage)
+        stage.set_defaults(func=func)
+    tables = sub.add_parser("tables", help=cmd_tables.__doc__, description=cmd_tables.__doc__)
+    tables.add_argument("--results", default="results", help="results folder to read (default: %(default)s)")
+    _add_common(tables)
+    tables.set_defaults(func=cmd_tables)
+    params = sub.add_parser("params", help=cmd_params.__doc__, description=cmd_params.__doc__)
+    params.add_argument("--profile", help="copy workflow/params/PROFILE.yaml over the params file")
+    params.add_argument("--force", action="store_true", help="replace a params file with local edits")
+    params.add_argument("--list", action="store_true", help="list the profiles")
+    _add_common(params)
+    params.set_defaults(func=cmd_params)
+    export = sub.add_parser("export-onnx", help=cmd_export_onnx.__doc__, description=cmd_export_onnx.__doc__)
+    export.add_argument("dir", help="model directory (normally a compact model directory)")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--task", default="auto", help="task head to export, or 'encoder' (default: the directory's own)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--atol", type=_float, default=1e-4, help="largest accepted |onnx - torch| (default: %(default)s)")
+    export.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    _add_common(export)
+    export.set_defaults(func=cmd_export_onnx)
+    return parser
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def setup_logging(log_file: str | None, verbose: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    formatter = _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    console.addFilter(lambda record: getattr(record, "console", True))
+    root.addHandler(console)
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    for noisy in ("alembic", "mlflow", "httpx", "urllib3", "filelock", "datasets", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: returns the exit status (2 for a GrainError, 130 for Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log, args.verbose)
+    try:
+        args.func(args)
+    except GrainError as error:
+        log.error("error: %s", error, exc_info=args.verbose, extra={"console": False})
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

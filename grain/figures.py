@@ -1,0 +1,165 @@
+"""Figures (PNG, matplotlib's Agg backend): score vs density per task, score vs measured speed-up,
+and the per-layer structure of a pruned model as a heat map."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from grain import paper  # noqa: E402
+
+log = logging.getLogger(__name__)
+_DPI = 120
+_METADATA = {"Software": None}  # no version strings in the PNG, so reruns give the same bytes
+
+
+def close(figure: Any) -> None:
+    plt.close(figure)
+
+
+def _save(figure: Any, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=_DPI, bbox_inches="tight", metadata=_METADATA)
+    tmp.replace(path)
+    close(figure)
+    return path
+
+
+def _paper_grain_points(task: str) -> list[tuple[float, float]]:
+    """(density, score) of the paper's GRAIN (BERT) on a task's main column, Table 7."""
+    column = next((c for c in paper.COLUMNS if c.task == task), None)
+    if column is None:
+        return []
+    return [(r.density, r.values[column.label]) for r in paper.TABLE7
+            if r.variant == "grain" and r.family == "bert" and column.label in r.values]
+
+
+def score_vs_density(evals: pd.DataFrame, teachers: Mapping[str, float], task: str) -> Any:
+    """Main score against density (log axis) for each variant; teacher and paper as references."""
+    figure, ax = plt.subplots(figsize=(5.5, 3.8))
+    rows = evals[evals["task"] == task]
+    for (family, variant), group in rows.groupby(["family", "variant"]):
+        stats = group.groupby("density")["main"].agg(["mean", "std"]).sort_index()
+        ax.errorbar(100 * stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                    label=f"{variant}" + (f" ({family})" if family != "bert" else ""))
+    if task in teachers and not math.isnan(teachers[task]):
+        ax.axhline(teachers[task], color="grey", linestyle="--", linewidth=1, label="our teacher")
+    published = _paper_grain_points(task)
+    if published:
+        xs, ys = zip(*published)
+        ax.plot([100 * x for x in xs], ys, "s:", color="black", alpha=0.5, label="paper GRAIN (BERT-base)")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder density (%)")
+    ax.set_ylabel("score")
+    ax.set_title(task)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def score_vs_speedup(evals: pd.DataFrame) -> Any | None:
+    """Main score against measured speed-up, one panel per task; None without latency results."""
+    if "speedup" not in evals or evals["speedup"].dropna().empty:
+        return None
+    rows = evals.dropna(subset=["speedup"])
+    tasks = sorted(rows["task"].unique())
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for variant, group in rows[rows["task"] == task].groupby("variant"):
+            ax.scatter(group["speedup"].astype(float), group["main"].astype(float), label=variant)
+            for _, run in group.iterrows():
+                ax.annotate(f"{100 * run['density']:g}%", (run["speedup"], run["main"]), fontsize=6)
+        ax.set_xlabel("measured speed-up over the teacher (x)")
+        ax.set_ylabel("score")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def _padded(rows: list[list[int]], width: int) -> np.ndarray:
+    """Per-layer head sizes as a (layers, heads) array; a compact layer lists only its live heads."""
+    out = np.zeros((len(rows), width))
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def structure_heatmap(layout: Mapping[str, Any], title: str = "") -> Any | None:
+    """Per layer and head: query/key and value/output units kept; per layer: FFN neurons kept.
+
+    Args:
+        layout: `layers` (`grain.accounting.summary(...)["layers"]`: per-layer `qk_sizes`,
+            `vo_sizes`, `ffn_density`), `head_size` and `num_attention_heads` of the dense model.
+    """
+    layers = layout.get("layers") or []
+    if not layers:
+        return None
+    head_size = layout.get("head_size") or max(max(layer["vo_sizes"] or [1]) for layer in layers)
+    heads = layout.get("num_attention_heads") or max(len(layer["vo_sizes"]) for layer in layers)
+    qk = _padded([layer["qk_sizes"] for layer in layers], heads)
+    vo = _padded([layer["vo_sizes"] for layer in layers], heads)
+    ffn = np.array([layer["ffn_density"] for layer in layers])
+    figure, axes = plt.subplots(1, 3, figsize=(10, 0.35 * len(layers) + 2), gridspec_kw={"width_ratios": [4, 4, 1]})
+    for ax, sizes, name in ((axes[0], qk, "query/key units"), (axes[1], vo, "value/output units")):
+        image = ax.imshow(sizes, cmap="viridis", vmin=0, vmax=head_size, aspect="auto")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("head (live heads first)")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(len(layers)), [str(i + 1) for i in range(len(layers))])
+    figure.colorbar(image, ax=axes[:2], fraction=0.03, label=f"units kept (of {head_size})")
+    axes[2].barh(range(len(ffn)), 100 * ffn, color="tab:orange")
+    axes[2].set_ylim(len(ffn) - 0.5, -0.5)
+    axes[2].set_title("FFN kept (%)", fontsize=9)
+    axes[2].set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def write_figures(runs: Any, out_dir: str | Path) -> list[Path]:
+    """Every figure the results allow; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evals = runs.evals
+    written: list[Path] = []
+    if evals.empty:
+        return written
+    teachers = _teacher_mains(runs)
+    for task in sorted(evals["task"].unique()):
+        written.append(_save(score_vs_density(evals, teachers, task), out_dir / f"score_vs_density_{task}.png"))
+    figure = score_vs_speedup(evals)
+    if figure is not None:
+        written.append(_save(figure, out_dir / "score_vs_speedup.png"))
+    for key, layout in _first_layouts(runs).items():
+        family, task, variant, density = key
+        name = f"structure_{task}_{variant}_d{density:g}" + (f"_{family}" if family != "bert" else "")
+        figure = structure_heatmap(layout, title=f"{task} {variant} {100 * density:g}%")
+        if figure is not None:
+            written.append(_save(figure, out_dir / f"{name}.png"))
+    return written
+
+
+def _teacher_mains(runs: Any) -> dict[str, float]:
+    from grain.tables import teacher_main
+
+    return {task: teacher_main(runs, "bert", task) for task in runs.evals["task"].unique()}
+
+
+def _first_layouts(runs: Any) -> dict[tuple, Mapping[str, Any]]:
+    """The layout of the lowest seed of each (family, task, variant, density)."""
+    layouts = runs.layouts
+    first: dict[tuple, Mapping[str, Any]] = {}
+    for (family, task, variant, density, seed), layout in sorted(layouts.items()):
+        first.setdefault((family, task, variant, density), layout)
+    return first
