@@ -37,11 +37,10 @@ def _register() -> None:
 _register()
 
 
-# grain.compact is a callable module: grain.compact(model, masks) compacts; grain.compact.save_compact saves.
-from grain import compact  # noqa: E402
+from grain.compaction import compact, save_compact  # noqa: E402
 
 
 __all__ = [
-    "GrainError", "from_pretrained", "load_tokenizer", "Masks", "compact", "GrainConfig", "GrainModel",
+    "GrainError", "from_pretrained", "load_tokenizer", "Masks", "compact", "save_compact", "GrainConfig", "GrainModel",
     "GrainForSequenceClassification", "GrainForTokenClassification", "GrainForQuestionAnswering",
 ]

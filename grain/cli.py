@@ -122,7 +122,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
                 data_dir=params.data_dir, seed=params.teacher_seed, logger=run, device=params.device,
                 progress=True,
             )
-            model = grain.from_pretrained(tmp)
+            model = grain.from_pretrained(tmp, task=task.head, num_labels=task.num_labels)
             metrics["eval"] = evaluate_model(model, tmp, task, params, task.name)
             metrics["params"] = parameter_counts(model.config)
             write_json(tmp / "metrics.json", {"stage": "teacher", "task": task.name, **metrics})
@@ -157,16 +157,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_compact(args: argparse.Namespace) -> None:
     """Remove the masked units physically: `.../compact/` (a compact model directory)."""
     import grain
-    from grain.compact import save_compact
+    from grain.compaction import save_compact
 
     params = load_params(args.params)
+    task = _task(args.task)
     density = check_density(args.density, "--density")
-    run_dir = params.run_dir(args.task, args.variant, density, args.seed)
+    run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     pruned = _require_dir(run_dir / "pruned", "pruned student", "prune")
     out = run_dir / "compact"
-    tags = run_tags(args.task, args.variant, density, args.seed)
+    tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("compact", params, tags) as run:
-        model = grain.from_pretrained(pruned)
+        model = grain.from_pretrained(pruned, task=task.head, num_labels=task.num_labels)
         small = grain.compact(model, grain.Masks.load(pruned / "masks.safetensors"))
         with atomic_output(out) as tmp:
             save_compact(small, tmp, tokenizer=grain.load_tokenizer(pruned))
@@ -189,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     compact = _require_dir(run_dir / "compact", "compact model", "compact")
     tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("evaluate", params, tags) as run:
-        model = grain.from_pretrained(compact)
+        model = grain.from_pretrained(compact, task=task.head, num_labels=task.num_labels)
         scores = evaluate_model(model, compact, task, params, task.name)
         summary = read_json(compact / "structure.json", "structure summary")
         result = {
@@ -392,17 +393,22 @@ class _OneLineFormatter(logging.Formatter):
 
 
 def setup_logging(log_file: str | None, verbose: bool) -> None:
+    """Log records to stderr and, with `--log`, to a file (the Snakemake `log:`); replaces our earlier handlers."""
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "grain_cli", False)]:
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     formatter = _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(formatter)
     console.addFilter(lambda record: getattr(record, "console", True))
-    root.addHandler(console)
+    handlers: list[logging.Handler] = [console]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+    for handler in handlers:
         handler.setFormatter(formatter)
+        handler.grain_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for noisy in ("alembic", "mlflow", "httpx", "urllib3", "filelock", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -421,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug, not bad input: one line here, the traceback in the log
+        if args.verbose:
+            raise
+        log.error("unexpected error", exc_info=True, extra={"console": False})
+        where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
+        message = " ".join(str(error).split())[:300]
+        print(f"error: unexpected {type(error).__name__}: {message} ({where})", file=sys.stderr)
+        return 1
     return 0
 
 

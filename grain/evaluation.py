@@ -27,31 +27,37 @@ logger = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _outputs_of(head: str, result: Any) -> dict[str, torch.Tensor]:
-    """The prediction tensors of a forward pass for a head: logits, or start and end logits."""
-    names = ("start_logits", "end_logits") if head == "question-answering" else ("logits",)
-    found = {n: getattr(result, n, None) if not isinstance(result, dict) else result.get(n) for n in names}
+def _outputs_of(task: Task, result: Any) -> dict[str, torch.Tensor]:
+    """The prediction tensors of a forward pass, checked against the task's head and label count."""
+    qa = task.head == "question-answering"
+    names = ("start_logits", "end_logits") if qa else ("logits",)
+    found = {n: result.get(n) if isinstance(result, dict) else getattr(result, n, None) for n in names}
     missing = [n for n, v in found.items() if v is None]
     if missing:
-        raise GrainError(f"the model returned no {missing[0]}; a {head} task needs a model with that head")
+        raise GrainError(f"the model returned no {missing[0]}; task {task.name} needs a {task.head} model")
+    dims = 2 if qa or task.head == "sequence-classification" else 3
+    shape = tuple(found[names[0]].shape)
+    if len(shape) != dims or (not qa and shape[-1] != task.num_labels):
+        raise GrainError(f"the model's {names[0]} have shape {shape}, but task {task.name} needs a {task.head} "
+                         f"model with {task.num_labels} labels; load it with task={task.head!r}")
     return found
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, features: datasets.Dataset, head: str, pad_token_id: int = 0,
+def predict(model: torch.nn.Module, features: datasets.Dataset, task: Task, pad_token_id: int = 0,
             batch_size: int = 64, masks: Any = None, device: str | torch.device = "cpu") -> dict[str, list]:
     """Per-feature outputs in feature order: `logits` rows (classification) or arrays trimmed to each
     feature's length (tagging: `logits` (T, labels); QA: `start_logits`, `end_logits` (T,))."""
     lengths = feature_lengths(features) if len(features) else np.zeros(0, dtype=np.int64)
     keys = [k for k in ("input_ids", "token_type_ids") if k in features.column_names]
     rows = features.select_columns(keys).with_format(None)
-    per_token = head != "sequence-classification"
+    per_token = task.head != "sequence-classification"
     outputs: dict[str, list] = {}
     for indices in sorted_batch_indices(lengths, batch_size):
         batch = collate(rows[indices], pad_token_id)
         inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         result = model(**inputs, masks=masks) if masks is not None else model(**inputs)
-        for name, tensor in _outputs_of(head, result).items():
+        for name, tensor in _outputs_of(task, result).items():
             values = tensor.float().cpu().numpy()
             store = outputs.setdefault(name, [None] * len(features))
             for row, index in enumerate(indices):
@@ -91,7 +97,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, task: str | Task, split: st
             start = time.perf_counter()
             raw = task.load(name, data_dir=data_dir)
             features = task.encode(raw, tokenizer, max_length=max_length)
-            outputs = predict(model, features, task.head, pad, batch_size, masks, device)
+            outputs = predict(model, features, task, pad, batch_size, masks, device)
             scores = task.compute_metrics(raw, features, outputs)
             suffix = "" if i == 0 else "_" + name.split("_")[-1]
             result.update({f"{k}{suffix}": v for k, v in scores.items()})

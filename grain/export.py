@@ -124,7 +124,7 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, task:
     Raises:
         GrainError: the directory does not load, the extra is missing, or the check fails.
     """
-    from grain.compact import task_of
+    from grain.compaction import task_of
     from grain.loading import from_pretrained, read_config, resolve_model_dir
 
     if task == "auto":

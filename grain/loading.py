@@ -188,22 +188,25 @@ def load_hf_weights(model, state_dict: dict[str, torch.Tensor], source: str, kee
     model.load_state_dict({k: v for k, v in mapped.items() if k in ours}, strict=False)
 
 
-def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, num_labels: int | None = None,
+def from_pretrained(name_or_path: str | os.PathLike, task: str | None = "auto", num_labels: int | None = None,
                     **config_overrides):
     """Load a model as a grain model.
 
     Args:
         name_or_path: a Hugging Face BERT/RoBERTa directory or hub id, `minilm`, or a saved grain
             directory (dense, pruned or compact).
-        task: "sequence-classification", "token-classification", "question-answering" or None (bare encoder).
+        task: "sequence-classification", "token-classification", "question-answering", None (bare
+            encoder) or "auto" (the head the checkpoint was saved with, from its `architectures`).
         num_labels: number of labels of a classification head (1 = regression).
         **config_overrides: GrainConfig fields to set (for example attention_impl="loop").
     """
-    if task not in TASK_CLASSES:
+    if task != "auto" and task not in TASK_CLASSES:
         known = ", ".join(repr(t) for t in TASK_CLASSES)
-        raise GrainError(f"unknown task head {task!r}; use one of {known}")
+        raise GrainError(f"unknown task head {task!r}; use one of {known} or 'auto'")
     path = resolve_model_dir(name_or_path)
     hf = read_config(path)
+    if task == "auto":
+        task = checkpoint_task(hf.get("architectures"))
     if num_labels is not None:
         config_overrides["num_labels"] = num_labels
     cls = TASK_CLASSES[task]

@@ -197,6 +197,8 @@ class AttentionPlan:
         rows: for each column of the fused projection, its row in [W_q; W_k; W_v; 0] (2A + V: zero).
         columns: for each context column, its column in [W_O | 0] (V: the zero padding).
         identity: rows and columns are the plain [q | k | v] order (uniform heads): nothing to gather.
+        gather: apply `rows` to the projection's output (one copy) instead of to the weight (padding
+            rows cost a multiply-accumulate per hidden unit each): chosen when padding is a large share.
     """
 
     groups: tuple[tuple[int, tuple[int, ...]], ...]
@@ -204,6 +206,7 @@ class AttentionPlan:
     rows: tuple[int, ...]
     columns: tuple[int, ...]
     identity: bool
+    gather: bool = False
 
     @property
     def width(self) -> int:
@@ -223,8 +226,13 @@ def _padded(start: int, size: int, width: int, pad: int) -> list[int]:
     return list(range(start, start + size)) + [pad] * (width - size)
 
 
-def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grouped",
-                   multiple: int = 1) -> AttentionPlan:
+# One copied element of the projection output costs about as much as this many multiply-accumulates
+# (measured on CPU: a zero-padding row of the fused weight costs D of them per token).
+COPY_COST_MACS = 96
+
+
+def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grouped", multiple: int = 1,
+                   gather: bool | None = None, hidden_size: int = 768) -> AttentionPlan:
     """The execution plan of one layer.
 
     Args:
@@ -232,6 +240,8 @@ def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grou
         scheme: "grouped" (one attention call per head width) or "padded" (one call, every head
             padded to the widest; heads without query/key units go through it too).
         multiple: round every width up to a multiple of this (8 suits CUDA attention kernels).
+        gather: pad by copying the projection's output rather than with zero weight rows; None
+            chooses by cost: padding rows x hidden_size MACs against one copy of every column.
     """
     A, V = sum(qk_sizes), sum(vo_sizes)
     q_at, v_at = _offsets(qk_sizes), _offsets(vo_sizes)
@@ -253,7 +263,10 @@ def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grou
         rows += list(range(2 * A + v_at[h], 2 * A + v_at[h] + vo_sizes[h]))
         columns += list(range(v_at[h], v_at[h] + vo_sizes[h]))
     identity = rows == list(range(2 * A + V)) and columns == list(range(V))
-    return AttentionPlan(tuple(groups), tuple(mean), tuple(rows), tuple(columns), identity)
+    if gather is None:
+        gather = (len(rows) - 2 * A - V) * hidden_size > len(rows) * COPY_COST_MACS
+    return AttentionPlan(tuple(groups), tuple(mean), tuple(rows), tuple(columns), identity,
+                         gather and not identity)
 
 
 def _tracing() -> bool:
@@ -340,19 +353,24 @@ class GrainSelfAttention(_DerivedWeights):
         self.query = _linear(config.hidden_size, self.qk_total)
         self.key = _linear(config.hidden_size, self.qk_total)
         self.value = _linear(config.hidden_size, self.vo_total)
-        self._plans: dict[tuple[str, int], AttentionPlan] = {}
+        self.gather: bool | None = None  # pad by copying activations (True), weights (False), by cost (None)
+        self._plans: dict[tuple, AttentionPlan] = {}
 
     def plan(self, device: torch.device, fast: bool = False) -> AttentionPlan:
         """This layer's plan on `device` (widths rounded to multiples of 8 for CUDA inference)."""
         scheme = "padded" if self.impl == "padded" else "grouped"
         multiple = 8 if fast and device.type == "cuda" else 1
-        key = (scheme, multiple)
+        key = (scheme, multiple, self.gather)
         if key not in self._plans:
-            self._plans[key] = attention_plan(self.qk_sizes, self.vo_sizes, scheme, multiple)
+            self._plans[key] = attention_plan(self.qk_sizes, self.vo_sizes, scheme, multiple, self.gather,
+                                              self.query.in_features)
         return self._plans[key]
 
     def fused_weights(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Q/K/V weight (C, D) and bias (C,) in the plan's order, zero rows for padding."""
+        """The Q/K/V weight (C, D) and bias (C,) in the plan's order, zero rows for padding.
+
+        With `plan.gather` the weight keeps the plain order plus one zero row that padding copies.
+        """
         sources = [self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
                    self.value.bias]
 
@@ -360,8 +378,11 @@ class GrainSelfAttention(_DerivedWeights):
             weight, bias = torch.cat(sources[:3]), torch.cat(sources[3:])
             if plan.identity:
                 return weight, bias
+            weight, bias = F.pad(weight, (0, 0, 0, 1)), F.pad(bias, (0, 1))
+            if plan.gather:
+                return weight, bias
             rows = torch.tensor(plan.rows, device=weight.device)
-            return F.pad(weight, (0, 0, 0, 1)).index_select(0, rows), F.pad(bias, (0, 1)).index_select(0, rows)
+            return weight.index_select(0, rows), bias.index_select(0, rows)
 
         return self.derived(f"qkv{id(plan)}", sources, build)
 
@@ -371,6 +392,9 @@ class GrainSelfAttention(_DerivedWeights):
         B, T, _ = x.shape
         weight, bias = self.fused_weights(plan)
         qkv = F.linear(x, weight, bias)  # (B, T, C): per group [q | k | v], then the uniform heads' v
+        if plan.gather:
+            rows = self.derived(f"rows{id(plan)}", [], lambda: torch.tensor(plan.rows, device=x.device))
+            qkv = qkv.index_select(-1, rows.to(x.device))
         if qk_mask is not None or vo_mask is not None:  # masks come with the dense layout: plain order
             assert plan.identity, "masks need the plain dense layout"
             qkv = qkv * torch.cat([_ones(qk_mask, self.qk_total, qkv), _ones(qk_mask, self.qk_total, qkv),

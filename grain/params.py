@@ -51,7 +51,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
         "base_model", "data_dir", "teacher_seed", "teacher", "overrides.teacher", "evaluate",
         "overrides.evaluate",
     ),
-    "prune": ("base_model", "data_dir", "prune", "overrides.prune"),
+    "prune": ("base_model", "data_dir", "prune", "overrides.prune", "variants"),
     "compact": (),
     "evaluate": ("data_dir", "evaluate", "overrides.evaluate"),
     "bench": ("bench",),
@@ -183,31 +183,48 @@ def _with_dot(text: str) -> str:
     return f"{mantissa}e{exponent}" if exponent else mantissa
 
 
-def build(cls: type, mapping: Any, path: str) -> Any:
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def build(cls: type, mapping: Any, path: str = "") -> Any:
     """Build the frozen dataclass `cls` from a YAML mapping, rejecting unknown keys by name.
 
-    Missing keys take the dataclass defaults; a key without a default must be present. Errors the
-    dataclass raises itself (`ValueError`, `GrainError` in `__post_init__`) are reported with `path`.
+    Args:
+        cls: a dataclass whose fields are the allowed keys.
+        mapping: the parsed YAML.
+        path: where the mapping sits in the file (`prune`, `overrides.prune.sst2`), for messages.
+
+    Missing keys take the dataclass defaults; a key without a default must be present. An error the
+    dataclass raises itself (`GrainError`, `ValueError` in `__post_init__`) is reported under `path`.
     """
     if not isinstance(mapping, Mapping):
-        raise GrainError(f"{path}: expected a mapping of {cls.__name__} fields, got {_describe(mapping)}")
+        raise GrainError(f"{path or 'top level'}: expected a mapping of {cls.__name__} fields, got {_describe(mapping)}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if f.init}
     for key in mapping:
         if key not in known:
-            raise GrainError(f"{path}.{key}: unknown key{_suggest(key, known)}")
+            raise GrainError(f"{_join(path, str(key))}: unknown key{_suggest(key, known)}")
     values = {}
     for name, spec in known.items():
         if name in mapping:
-            values[name] = check_value(mapping[name], hints[name], f"{path}.{name}")
+            values[name] = check_value(mapping[name], hints[name], _join(path, name))
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise GrainError(f"{path}.{name}: missing key")
+            raise GrainError(f"{_join(path, name)}: missing key")
     try:
         return cls(**values)
-    except GrainError as error:
-        raise GrainError(f"{path}: {error}") from None
-    except (TypeError, ValueError) as error:
-        raise GrainError(f"{path}: {error}") from None
+    except (GrainError, TypeError, ValueError) as error:
+        raise GrainError(_under(path, str(error), known)) from None
+
+
+def _under(path: str, message: str, known: Mapping[str, Any]) -> str:
+    """Put a dataclass's own message under `path`: `densities[0]: ...` -> `grid.densities[0]: ...`."""
+    head = message.split(":", 1)[0].split("[", 1)[0].split(" ", 1)[0]
+    if not path or message.startswith(path):
+        return message
+    if head in known:
+        return f"{path}.{message}"
+    return f"{path}: {message}"
 
 
 def _suggest(key: Any, known: Mapping[str, Any]) -> str:
@@ -316,6 +333,7 @@ class Params:
     bench: Mapping[str, Any] = field(default_factory=dict)
     tables: TablesParams = field(default_factory=TablesParams)
     overrides: Overrides = field(default_factory=Overrides)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # more than grain.prune.VARIANTS
 
     def __post_init__(self) -> None:
         root = Path(RESULTS_ROOT)
@@ -333,22 +351,24 @@ class Params:
     def teacher_settings(self, task: str) -> Any:
         """`grain.train.TeacherSettings` for `task`: the `teacher:` section plus its override."""
         merged = {**self.teacher, **self.overrides.for_task("teacher", task)}
-        return build(settings_class("teacher"), merged, f"teacher[{task}]")
+        return build(settings_class("teacher"), merged, "teacher")
 
     def prune_settings(self, task: str, variant: str) -> Any:
-        """`grain.prune.PruneSettings`: `prune:`, then the task's override, then the variant's."""
-        variants = _variants()
+        """`grain.prune.PruneSettings`: `prune:`, then the task's override, then the variant's.
+
+        A variant is one of `grain.prune.VARIANTS` or of the `variants:` section (which wins)."""
+        variants = {**_variants(), **self.variants}
         if variant not in variants:
             raise GrainError(f"unknown variant {variant!r}; known: {', '.join(sorted(variants))}")
         merged = {**self.prune, **self.overrides.for_task("prune", task), **dict(variants[variant])}
-        return build(settings_class("prune"), merged, f"prune[{task}, {variant}]")
+        return build(settings_class("prune"), merged, "prune")
 
     def bench_settings(self) -> Any:
         return build(settings_class("bench"), self.bench, "bench")
 
     def evaluate_settings(self, task: str) -> EvaluateParams:
         merged = {**plain(self.evaluate), **self.overrides.for_task("evaluate", task)}
-        return build(EvaluateParams, merged, f"evaluate[{task}]")
+        return build(EvaluateParams, merged, "evaluate")
 
     # -- the results layout (DESIGN.md) -------------------------------------------------------
 
@@ -397,23 +417,34 @@ def plain(value: Any) -> Any:
 
 def params_from_mapping(data: Any, source: str = PARAMS_FILE) -> Params:
     """Validate a parsed params mapping (from YAML, or Snakemake's `config`)."""
-    if not isinstance(data, Mapping):
-        raise GrainError(f"{source}: expected a mapping at the top level")
-    params = build(Params, data, source)
-    for section in ("teacher", "prune", "bench"):
-        cls = _settings_class_or_none(section)
-        if cls is not None:
-            build(cls, getattr(params, section), f"{source}: {section}")
-    _check_overrides(params, source)
-    _check_names(params, source)
+    try:
+        _check_decimal_densities(data)
+        params = build(Params, data)
+        for section in ("teacher", "prune", "bench"):
+            cls = _settings_class_or_none(section)
+            if cls is not None:
+                build(cls, getattr(params, section), section)
+        _check_overrides(params)
+        _check_names(params)
+    except GrainError as error:
+        raise GrainError(f"{source}: {error}") from None
     return params
 
 
-def _check_overrides(params: Params, source: str) -> None:
+def _check_decimal_densities(data: Mapping[str, Any]) -> None:
+    """`d{density}` folders are spelt as YAML spells the number, so 1 and 1.0 would name two folders."""
+    grid = data.get("grid")
+    densities = grid.get("densities") if isinstance(grid, Mapping) else None
+    for i, density in enumerate(densities if isinstance(densities, list) else []):
+        if isinstance(density, int) and not isinstance(density, bool):
+            raise GrainError(f"grid.densities[{i}]: write {density} as a decimal ({density}.0), as its d<density> folder is named")
+
+
+def _check_overrides(params: Params) -> None:
     """Each override must name a task of the grid and build into its section's settings."""
     for section in ("teacher", "prune", "evaluate"):
         for task, values in getattr(params.overrides, section).items():
-            path = f"{source}: overrides.{section}.{task}"
+            path = f"overrides.{section}.{task}"
             if not isinstance(values, Mapping):
                 raise GrainError(f"{path}: expected a mapping of {section} keys, got {_describe(values)}")
             if section == "evaluate":
@@ -424,16 +455,20 @@ def _check_overrides(params: Params, source: str) -> None:
                 build(cls, {**getattr(params, section), **values}, path)
 
 
-def _check_names(params: Params, source: str) -> None:
-    """Variant names must be known to `grain.prune` (when it is there)."""
+def _check_names(params: Params) -> None:
+    """Variant names must be known to `grain.prune` (when it is there) or defined under `variants:`."""
     try:
-        variants = _variants()
+        variants = {**_variants(), **params.variants}
     except ImportError:
         return
+    cls = _settings_class_or_none("prune")
+    for name, values in params.variants.items():
+        if cls is not None:
+            build(cls, {**params.prune, **values}, f"variants.{name}")
     for i, variant in enumerate(params.grid.variants):
         if variant not in variants:
             raise GrainError(
-                f"{source}: grid.variants[{i}]: unknown variant {variant!r}{_suggest(variant, variants)}"
+                f"grid.variants[{i}]: unknown variant {variant!r}{_suggest(variant, variants)}"
             )
 
 

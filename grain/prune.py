@@ -33,9 +33,9 @@ from grain.masks import Masks
 from grain.optim import build_optimizer, build_scheduler
 from grain.schedule import cubic_density, is_pruning_step, is_scoring_step, pruning_window
 from grain.selection import UnitSizes, density, heads_left, select_heads_ffn, select_masks
-from grain.train import BestKeeper, EpochBatches, autocast, check, check_common_settings, default_work_dir, eval_due, \
-    grad_scaler, log_eval, model_inputs, optimizer_step, progress_bar, settings_from_dict, task_data, to_device, \
-    total_steps, write_json
+from grain.train import BestKeeper, EpochBatches, autocast, check, check_common_settings, checkpoint_due, \
+    default_work_dir, eval_due, grad_scaler, load_state_dicts, log_eval, model_inputs, optimizer_step, progress_bar, \
+    settings_from_dict, state_dicts, task_data, to_device, total_steps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -350,15 +350,10 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
     fingerprint = {"kind": "prune", "settings": asdict(settings), "density": density_target, "seed": seed,
                    "total_steps": total, "mapping": mapping}
     start, started, last_eval = 0, time.time(), None
+    parts = {"student": student, "projections": projections, "optimizer": optimizer, "scheduler": scheduler,
+             "scaler": scaler, "pruning": state, "best": best}
     if (ckpt := load_checkpoint(work_dir, fingerprint)) is not None:
-        student.load_state_dict(ckpt["student"])
-        projections.load_state_dict(ckpt["projections"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        state.load_state_dict(ckpt["pruning"])
-        best.load_state_dict(ckpt["best"])
+        load_state_dicts(parts, ckpt)
         set_rng_state(ckpt["rng"])
         start, last_eval = ckpt["step"], ckpt["last_eval"]
     student_params = [p for p in student.parameters() if p.requires_grad]
@@ -392,14 +387,9 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
                 log_eval(logger, last_eval, step + 1)
                 if step >= last:  # only the final structure competes for "best"
                     best.offer(last_eval, step + 1, {"student": student}, {"pruning": state.state_dict()})
-            if work_dir is not None and settings.checkpoint_every > 0 and (step + 1) % settings.checkpoint_every == 0 \
-                    and step + 1 < total:
-                save_checkpoint(work_dir, {
-                    "fingerprint": fingerprint, "step": step + 1, "student": student.state_dict(),
-                    "projections": projections.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                    "pruning": state.state_dict(), "best": best.state_dict(), "rng": rng_state(),
-                    "last_eval": last_eval})
+            if checkpoint_due(step, total, settings.checkpoint_every, work_dir):
+                save_checkpoint(work_dir, {"fingerprint": fingerprint, "step": step + 1, "rng": rng_state(),
+                                           "last_eval": last_eval, **state_dicts(parts)})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", density=f"{metrics['prune/density']:.3f}")

@@ -216,10 +216,9 @@ def build_score_table(
         for column in columns:
             value = row.values.get(column.label)
             base = teacher.values.get(column.label) if teacher is not None and row.variant != "teacher" else None
-            cell = (
-                ours(runs, column, row.family, row.variant, row.density)
-                if row.variant is not None else {}
-            )
+            cell = ours(runs, column, row.family, row.variant, row.density) if row.variant is not None else {}
+            if row.variant == "teacher":
+                cell["retention"] = math.nan  # a teacher is its own reference
             records.append({
                 "row": row.label, "family": row.family, "variant": row.variant or "",
                 "density": row.density if row.density is not None else math.nan,
@@ -290,8 +289,7 @@ def table6(runs: Runs, settings: TablesParams) -> pd.DataFrame:
 def summary(runs: Runs) -> pd.DataFrame:
     """Every run group we have (ours only): main score, retention, size, speed-up."""
     if runs.evals.empty:
-        return pd.DataFrame(columns=["family", "task", "variant", "density", "seeds", "main", "teacher",
-                                     "retention", "measured_density", "encoder_parameters", "speedup"])
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     groups = runs.evals.groupby(["family", "task", "variant", "density"], dropna=False, sort=True)
     records = []
     for (family, task, variant, density), group in groups:
@@ -305,6 +303,10 @@ def summary(runs: Runs) -> pd.DataFrame:
         })
     return pd.DataFrame.from_records(records).sort_values(["family", "task", "variant", "density"],
                                                           ascending=[True, True, True, False])
+
+
+SUMMARY_COLUMNS = ("family", "task", "variant", "density", "seeds", "main", "main_std", "teacher", "retention",
+                   "measured_density", "encoder_parameters", "speedup")
 
 
 def _mean(group: pd.DataFrame, key: str) -> float:
@@ -390,7 +392,20 @@ def _measured_units(runs: Runs, row: paper.Row) -> str:
 
 
 def fmt(value: float, decimals: int) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
+    """A number with `decimals` places; a blank for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{decimals}f}"
+
+
+COUNT_STATS = ("attention_layers", "heads")
+
+
+def fmt_stat(value: float, decimals: int, statistic: str) -> str:
+    """Counts (layers, heads) print as integers when whole, means with `decimals` places."""
+    if statistic in COUNT_STATS and not math.isnan(value) and float(value).is_integer():
+        return f"{value:.0f}"
+    return fmt(value, decimals)
 
 
 def ours_cell(record: Mapping[str, Any], decimals: int) -> str:
@@ -420,12 +435,9 @@ def display_scores(tidy: pd.DataFrame, decimals: int, extra: Sequence[str] = ())
     """Wide form: one line per paper row, `<column> paper` and `<column> ours` side by side."""
     lines: dict[tuple, dict[str, str]] = {}
     for record in tidy.to_dict("records"):
-        key = (record["row"], record["family"], record["density"], *(record[k] for k in extra))
-        line = lines.setdefault(key, {
-            "model": record["row"],
-            "density": "" if math.isnan(record["density"]) else f"{100 * record['density']:g}%",
-            **{k: record[k] for k in extra},
-        })
+        density = "" if math.isnan(record["density"]) else f"{100 * record['density']:g}%"
+        key = (record["row"], record["family"], density, *(record[k] for k in extra))
+        line = lines.setdefault(key, {"model": record["row"], "density": density, **{k: record[k] for k in extra}})
         line[f"{record['column']} paper"] = paper_cell(record, decimals)
         line[f"{record['column']} ours"] = ours_cell(record, decimals)
     return pd.DataFrame(list(lines.values()))
@@ -437,8 +449,10 @@ def display_structure(tidy: pd.DataFrame, decimals: int) -> pd.DataFrame:
         key = (record["task"], record["alpha"])
         line = lines.setdefault(key, {"task": record["task"], "alpha": f"{record['alpha']:g}"})
         label = paper.STRUCTURE_LABELS[record["statistic"]]
-        line[f"{label} paper"] = fmt(record["paper"], decimals)
-        line[f"{label} ours"] = ours_cell({**record, "retention": math.nan}, decimals)
+        stat = record["statistic"]
+        line[f"{label} paper"] = fmt_stat(record["paper"], decimals, stat)
+        mean, std = record["ours_mean"], record["ours_std"]
+        line[f"{label} ours"] = fmt_stat(mean, decimals, stat) + ("" if math.isnan(std) else f" ± {fmt(std, decimals)}")
     return pd.DataFrame(list(lines.values()))
 
 
@@ -458,22 +472,29 @@ def display_summary(frame: pd.DataFrame, decimals: int) -> pd.DataFrame:
 
 TITLES = {
     "table1": ("Table 1", "about 5% and 3% encoder density"),
-    "table2": ("Table 2", "ablations at 5% density (rows after GRAIN w/o EF remove components cumulatively)"),
+    "table2": ("Table 2", "ablations at 5% density (the paper's rows after GRAIN w/o EF remove components "
+                          "cumulatively; each of ours changes one setting of GRAIN)"),
     "table3": ("Table 3", "intra-attention units vs whole heads at 5% density; units = (FFN density, attention density)"),
     "table6": ("Table 6", "structures at 5% density (alpha = StructReg strength; 0 is our no-structreg)"),
     "table7": ("Table 7", "GRAIN across densities, BERT vs RoBERTa teacher (GRAIN-R)"),
     "summary": ("Summary", "every run group we have"),
 }
-LEGEND = (
-    "paper: published score (and its % of the paper's teacher); ours: mean ± std over seeds (std with 2+ "
-    "seeds; counts in the CSV) and its % of our teacher. Blank: no run. Paper: " + paper.CITATION
-)
+SOURCE = "Paper: " + paper.CITATION
+LEGENDS = {
+    "scores": "paper: the published score and its % of the paper's teacher; ours: mean ± std over seeds (std "
+              "with 2+ seeds; counts in the CSV) and its % of our teacher. Blank: no run.",
+    "table6": "paper: the published structure (BERT-base: 12 layers, 12 heads of 64, 3072 FFN neurons); ours: "
+              "mean ± std over seeds of our base model's structure. Blank: no run.",
+    "summary": "score: main metric, mean ± std over seeds and its % of our teacher; measured density: kept "
+               "share of the prunable parameters (grain.accounting).",
+}
 
 
 def markdown(name: str, frame: pd.DataFrame) -> str:
     title, caption = TITLES[name]
     body = frame.to_markdown(index=False, disable_numparse=True) if not frame.empty else "(no rows)"
-    return f"## {title}: {caption}\n\n{body}\n\n{LEGEND}\n"
+    legend = LEGENDS.get(name, LEGENDS["scores"])
+    return f"## {title}: {caption}\n\n{body}\n\n{legend} {SOURCE}\n"
 
 
 _LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"\dag{}", "‡": r"\ddag{}", "§": r"\S{}"}

@@ -141,7 +141,9 @@ class StageRun:
     def __enter__(self) -> StageRun:
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with store_lock(self.uri):  # the first client of a new store creates its schema: one at a time
+            self.client = MlflowClient(tracking_uri=self.uri)
+            retry_locked(lambda: self.client.search_experiments(max_results=1))
         name = " ".join(
             [self.stage] + [self.tags[k] for k in ("task", "variant", "density", "seed") if k in self.tags]
         )

@@ -278,6 +278,24 @@ class BestKeeper:
         self.metric, self.step, self.metrics, self.state = state["metric"], state["step"], state["metrics"], state["state"]
 
 
+def state_dicts(parts: dict) -> dict:
+    """The state dicts of a run's parts (models, optimizer, scheduler, scaler, ...) for a checkpoint."""
+    return {name: part.state_dict() for name, part in parts.items() if part is not None}
+
+
+def load_state_dicts(parts: dict, state: dict) -> None:
+    """Restore the parts saved by ``state_dicts``."""
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[name])
+
+
+def checkpoint_due(step: int, total: int, every: int, work_dir) -> bool:
+    """Checkpoint after every ``every`` steps, except after the last one (the output follows)."""
+    done = step + 1
+    return work_dir is not None and every > 0 and done % every == 0 and done < total
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -317,7 +335,7 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
             written there atomically.
         work_dir: checkpoint directory (default ``<output_dir>.work``); a run finding a checkpoint
             of the same settings there resumes from it. Removed after success.
-        seed: seeds the head initialisation's successors: dropout, and the data order.
+        seed: seeds dropout and the data order.
         logger: receives per-step metrics.
         device: "cpu" or "cuda".
         progress: show a progress bar.
@@ -336,13 +354,9 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
     best = BestKeeper()
     fingerprint = {"kind": "teacher", "settings": asdict(settings), "seed": seed, "total_steps": total}
     start, started = 0, time.time()
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "best": best}
     if (state := load_checkpoint(work_dir, fingerprint)) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None:
-            scaler.load_state_dict(state["scaler"])
-        best.load_state_dict(state["best"])
+        load_state_dicts(parts, state)
         set_rng_state(state["rng"])
         start = state["step"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -365,12 +379,9 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
                 model.train()
                 log_eval(logger, last_eval, step + 1)
                 best.offer(last_eval, step + 1, {"model": model})
-            if work_dir is not None and settings.checkpoint_every > 0 and (step + 1) % settings.checkpoint_every == 0 \
-                    and step + 1 < total:
-                save_checkpoint(work_dir, {"fingerprint": fingerprint, "step": step + 1, "model": model.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                           "scaler": scaler.state_dict() if scaler is not None else None,
-                                           "best": best.state_dict(), "rng": rng_state()})
+            if checkpoint_due(step, total, settings.checkpoint_every, work_dir):
+                save_checkpoint(work_dir, {"fingerprint": fingerprint, "step": step + 1, "rng": rng_state(),
+                                           **state_dicts(parts)})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")

@@ -8,7 +8,7 @@ from conftest import TINY
 
 import grain
 from grain import accounting
-from grain.compact import compact_config
+from grain.compaction import compact_config
 from grain.masks import Masks
 from grain.modeling import GrainConfig, GrainForSequenceClassification
 

@@ -5,7 +5,7 @@ import torch
 from conftest import TINY, batch
 
 import grain
-from grain.compact import compact_config, kept_units
+from grain.compaction import compact_config, kept_units
 from grain.errors import GrainError
 from grain.masks import Masks
 from grain.modeling import TASK_CLASSES, GrainConfig, GrainForSequenceClassification
@@ -213,8 +213,7 @@ def test_bad_masks_and_models_are_rejected(tiny_config):
         grain.compact(small, Masks.ones_like(model))
 
 
-def test_grain_compact_is_callable_and_a_module():
-    import grain.compact as module
+def test_grain_compact_is_the_compaction_function():
+    import grain.compaction as module
 
-    assert callable(grain.compact) and grain.compact is module
-    assert grain.compact.compact_config is compact_config
+    assert grain.compact is module.compact and grain.save_compact is module.save_compact

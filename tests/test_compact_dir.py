@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import grain
 from grain import accounting
-from grain.compact import check_compact_dir, save_compact
+from grain.compaction import check_compact_dir, save_compact
 from grain.errors import GrainError
 from grain.masks import Masks
 from grain.modeling import TASK_CLASSES, GrainConfig

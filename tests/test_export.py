@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from grain.compact import save_compact
+from grain.compaction import save_compact
 from grain.errors import GrainError
 from grain.export import INPUT_NAMES, example_inputs, export_onnx
 from grain.loading import from_pretrained

@@ -241,3 +241,10 @@ def test_embedding_factorisation_config(tiny_config):
     assert model.grain.embeddings.word_embeddings.weight.shape == (99, 8)
     assert model.grain.embeddings.word_projection.weight.shape == (32, 8)
     assert model(*batch()).logits.shape == (3, 2)
+
+
+def test_task_auto_follows_the_saved_head(tmp_path, tiny_config):
+    GrainForSequenceClassification(tiny_config).save_pretrained(tmp_path / "cls")
+    assert type(grain.from_pretrained(tmp_path / "cls")).__name__ == "GrainForSequenceClassification"
+    assert type(grain.from_pretrained(tmp_path / "cls", task=None)).__name__ == "GrainModel"
+    assert type(grain.from_pretrained("minilm")).__name__ == "GrainModel"  # a bare BertModel checkpoint

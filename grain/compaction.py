@@ -24,9 +24,7 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,18 +253,3 @@ def task_of(config: dict) -> str | None:
     from grain.loading import checkpoint_task
 
     return checkpoint_task(config.get("architectures"))
-
-
-class _CallableModule(types.ModuleType):
-    """``grain.compact`` is both this module and the fixed API call ``grain.compact(model, masks)``.
-
-    Importing a submodule rebinds the package attribute of the same name, so a plain function
-    ``grain.compact`` would be shadowed by this module on first import; making the module callable
-    keeps both spellings working.
-    """
-
-    def __call__(self, model, masks):
-        return compact(model, masks)
-
-
-sys.modules[__name__].__class__ = _CallableModule

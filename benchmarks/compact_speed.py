@@ -1,0 +1,118 @@
+"""Compact-model latency at the paper's Table 6 structures (5% density), side by side in one run.
+
+For each structure (QNLI, alpha 0.3 and alpha 0 by default; spec §10.5) this builds BERT-base-shaped
+models with random weights and times, interleaved in one process on the same random token ids:
+
+* teacher   -- the dense BERT-base encoder;
+* loop      -- the paper's compact execution: separate Q/K/V projections, a Python loop over heads;
+* grain     -- our compact execution (attention_impl="auto");
+* uniform   -- a uniform model with the compact model's encoder parameter count (every head the same
+               size): what the non-uniform heads cost;
+* with --alternatives also: padded (one attention call over heads padded to the widest), and the
+  grouped plan padding by weight rows or by copying activations.
+
+It prints latency (p50, mean, p90), the speed-up over the teacher, the MAC ratio and how much of it
+the speed-up reaches. Run from the repository root:
+
+    python benchmarks/compact_speed.py --threads 2 --batch 32 --length 128 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from grain.bench import compare, flops, model_config, random_inputs, table6_sizes, uniform_sizes
+from grain.modeling import GrainConfig, GrainModel
+
+
+def build(config: GrainConfig, seed: int, gather: bool | None = None) -> GrainModel:
+    torch.manual_seed(seed)
+    model = GrainModel(config, add_pooling_layer=False).eval()
+    for layer in model.encoder.layer:
+        layer.attention.self.gather = gather
+    return model
+
+
+def structure_models(task: str, alpha: float, args) -> dict[str, GrainModel]:
+    base = GrainConfig()
+    sizes = table6_sizes(task, alpha, seed=args.seed)
+    models = {"loop": build(model_config(base, sizes, attention_impl="loop"), args.seed)}
+    models["grain"] = build(model_config(base, sizes), args.seed)
+    models["uniform"] = build(model_config(base, uniform_sizes(models["grain"].config)), args.seed + 1)
+    if args.alternatives:
+        models["padded"] = build(model_config(base, sizes, attention_impl="padded"), args.seed)
+        models["grouped-weights"] = build(model_config(base, sizes, attention_impl="grouped"), args.seed, False)
+        models["grouped-copy"] = build(model_config(base, sizes, attention_impl="grouped"), args.seed, True)
+    return models
+
+
+def check_equal(models: dict[str, GrainModel], inputs: dict) -> float:
+    """Largest |output - loop output| over the compact models (same random weights)."""
+    with torch.inference_mode():
+        expected = models["loop"](**inputs, output_hidden_states=False).last_hidden_state
+        return max(float((m(**inputs, output_hidden_states=False).last_hidden_state - expected).abs().max())
+                   for name, m in models.items() if name not in ("loop", "uniform", "teacher"))
+
+
+def table(title: str, report: dict) -> str:
+    lines = [title, f"{'model':<16}{'p50 ms':>9}{'mean ms':>9}{'p90 ms':>9}{'speed-up':>10}{'MAC ratio':>11}"
+                    f"{'reached':>9}{'vs uniform':>12}"]
+    uniform = report["models"].get("uniform", {}).get("p50_ms")
+    for name, m in report["models"].items():
+        vs_uniform = f"{m['p50_ms'] / uniform:.2f}x" if uniform and name != "teacher" else ""
+        lines.append(f"{name:<16}{m['p50_ms']:>9.1f}{m['mean_ms']:>9.1f}{m['p90_ms']:>9.1f}{m['speedup']:>9.2f}x"
+                     f"{m.get('flop_ratio', 1.0):>10.1f}x{100 * m.get('flop_efficiency', 1.0):>8.0f}%{vs_uniform:>12}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="qnli", help="Table 6 task (default: %(default)s)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.0], help="StructReg alphas")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--alternatives", action="store_true", help="also time the execution schemes we did not choose")
+    parser.add_argument("--json", help="also write every report to this file")
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
+    teacher = build(GrainConfig(), args.seed).to(args.device, dtype)
+    inputs = random_inputs(teacher.config, args.batch, args.length, args.seed, args.device)
+    dense_macs = flops(teacher.config, args.batch, args.length)["total"]
+    reports = {}
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.device}, {args.dtype}, batch {args.batch} x "
+          f"length {args.length}, medians of {args.repeats} interleaved runs after {args.warmup} warm-up runs")
+    for alpha in args.alphas:
+        models = {k: m.to(args.device, dtype) for k, m in structure_models(args.task, alpha, args).items()}
+        config = models["grain"].config
+        heads = sum(1 for vo in config.vo_sizes for b in vo if b > 0)
+        macs = flops(config, args.batch, args.length)
+        diff = check_equal(models, inputs)
+        report = compare({"teacher": teacher, **models}, inputs, "teacher", "grain", args.warmup, args.repeats,
+                         args.threads)
+        reports[f"{args.task}-alpha{alpha}"] = report
+        title = (f"\n{args.task} alpha {alpha}: {heads} heads, {sum(map(sum, config.qk_sizes)) / heads:.1f} query / "
+                 f"{sum(map(sum, config.vo_sizes)) / heads:.1f} value units per head, "
+                 f"{sum(config.ffn_sizes) / len(config.ffn_sizes):.1f} FFN neurons per layer; MAC ratio "
+                 f"{dense_macs / macs['total']:.1f}x (grouped padding +{100 * macs['padding_grouped'] / macs['total']:.1f}%, "
+                 f"one padded width +{100 * macs['padding_padded'] / macs['total']:.1f}%); max |grain - loop| {diff:.1e}")
+        print(table(title, report))
+        sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(reports, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The `grain` stages: one-line errors with exit 2, no partial outputs, and a tiny end-to-end run."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from grain import cli
+from grain.params import PROFILES_DIR
+from tiny_pipeline import ROOT, TASK, make_tiny_model, tiny_params, write_params
+
+RUN = ["--task", TASK, "--variant", "grain", "--density", "0.05", "--seed", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging():
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "grain_cli", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_model) -> Path:
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", tiny_params(tiny_model))
+    return tmp_path
+
+
+def run(argv, capsys):
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for stage in ("teacher", "prune", "compact", "evaluate", "bench", "tables", "params"):
+        assert stage in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prune", "--task", "nope", "--variant", "grain", "--density", "0.05", "--seed", "1"],
+     "error: unknown task 'nope'"),
+    (["prune", "--task", TASK, "--variant", "grian", "--density", "0.05", "--seed", "1"],
+     "error: unknown variant 'grian'"),
+    (["compact", "--task", TASK, "--variant", "grain", "--density", "1.5", "--seed", "1"],
+     "error: --density: density must be in (0, 1], got 1.5"),
+    (["prune", *RUN], "error: results/synth-sst2/teacher: missing teacher; run `grain teacher --task synth-sst2`"),
+    (["compact", *RUN], "error: results/synth-sst2/grain/d0.05/s1/pruned: missing pruned student"),
+    (["evaluate", *RUN], "error: results/synth-sst2/grain/d0.05/s1/compact: missing compact model"),
+    (["teacher", "--task", TASK, "--params", "absent.yaml"], "error: absent.yaml: no such params file"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, capsys, argv, message):
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert _error_line(err).startswith(message)
+    assert not (workdir / "results").exists() or not any((workdir / "results").rglob("*.json"))
+
+
+def test_bad_params_name_the_key(workdir, capsys):
+    text = (workdir / "params.yaml").read_text().replace("alpha_head:", "alpah_head:")
+    (workdir / "params.yaml").write_text(text)
+    status, _, err = run(["prune", *RUN], capsys)
+    assert status == 2
+    assert _error_line(err) == "error: params.yaml: prune.alpah_head: unknown key (did you mean 'alpha_head'?)"
+
+
+def test_the_error_also_goes_to_the_log_file(workdir, capsys):
+    status, _, _ = run(["compact", *RUN, "--log", "logs/compact.log"], capsys)
+    assert status == 2
+    assert "error: results/synth-sst2/grain/d0.05/s1/pruned: missing" in (workdir / "logs/compact.log").read_text()
+
+
+def test_params_switches_profile(tmp_path, monkeypatch, capsys):
+    (tmp_path / PROFILES_DIR).mkdir(parents=True)
+    for name in ("quickstart", "cpu-real"):
+        (tmp_path / PROFILES_DIR / f"{name}.yaml").write_bytes((ROOT / PROFILES_DIR / f"{name}.yaml").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run(["params", "--profile", "cpu-real"], capsys)
+    assert status == 0 and "now uses profile 'cpu-real'" in out and "8 runs" in out
+    status, out, _ = run(["params", "--profile", "cpu-real"], capsys)
+    assert status == 0 and "already uses" in out
+    status, out, _ = run(["params", "--list"], capsys)
+    assert out.split() == ["cpu-real", "quickstart"]
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = cli.write_json(tmp_path / "a" / "m.json", {"x": (1, 2)})
+    assert json.loads(path.read_text()) == {"x": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
+
+
+@pytest.mark.slow
+def test_stages_end_to_end_on_a_tiny_model(workdir, capsys):
+    pytest.importorskip("grain.prune")
+    for argv in (["teacher", "--task", TASK], ["prune", *RUN], ["compact", *RUN], ["evaluate", *RUN], ["tables"]):
+        status, _, err = run(argv + ["--log", f"logs/{argv[0]}.log"], capsys)
+        assert status == 0, err
+    results = workdir / "results"
+    teacher = json.loads((results / TASK / "teacher" / "metrics.json").read_text())
+    assert 0 <= teacher["eval"]["main"] <= 100 and teacher["params"]["encoder"] > 0
+    run_dir = results / TASK / "grain" / "d0.05" / "s1"
+    assert (run_dir / "pruned" / "masks.safetensors").is_file()
+    assert (run_dir / "compact" / "modeling_grain.py").is_file()
+    assert (run_dir / "curve.csv").read_text().startswith("step,")
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["task"] == TASK and result["density"] == 0.05 and result["family"] == "bert"
+    assert result["main"] == result["metrics"]["main"] and result["model"]["density"] <= 0.06
+    assert (results / "tables" / "table1.md").is_file() and (results / "figures").is_dir()
+    leftovers = [p for p in results.rglob("*") if ".tmp" in p.name or p.name.endswith(".work")]
+    assert not leftovers
+    # a second evaluate over the same compact model gives the same numbers
+    before = (run_dir / "eval.json").read_text()
+    assert run(["evaluate", *RUN], capsys)[0] == 0
+    assert json.loads((run_dir / "eval.json").read_text())["metrics"] == json.loads(before)["metrics"]
+
+
+@pytest.mark.slow
+def test_a_corrupt_input_fails_cleanly_and_leaves_no_output(workdir, capsys):
+    pytest.importorskip("grain.prune")
+    assert run(["teacher", "--task", TASK], capsys)[0] == 0
+    assert run(["prune", *RUN], capsys)[0] == 0
+    pruned = workdir / "results" / TASK / "grain" / "d0.05" / "s1" / "pruned"
+    (pruned / "masks.safetensors").write_bytes(b"not a safetensors file")
+    status, _, err = run(["compact", *RUN], capsys)
+    assert status != 0 and _error_line(err)
+    compact = pruned.parent / "compact"
+    assert not compact.exists()
+    assert not [p for p in pruned.parent.iterdir() if ".tmp" in p.name]
