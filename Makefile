@@ -23,3 +23,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# The pipeline (README "Pipeline"). Stages run `grain`, so the venv goes first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+UI_PORT ?= 5000
+
+# `make quickstart` runs params.yaml as it is; `make quickstart PROFILE=cpu-real` switches profile first.
+quickstart: setup
+	@if [ "$(origin PROFILE)" != "file" ]; then grain params --profile $(PROFILE); fi
+	dvc repro
+	@cat results/tables/summary.md
+
+ui: setup
+	mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+tables: setup
+	grain tables --log logs/tables.log

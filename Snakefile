@@ -10,6 +10,7 @@ include: "workflow/rules/common.smk"
 rule all:
     input:
         grid_files("eval.json"),
+        grid_files("latency.json"),
         table_files(),
     default_target: True
 
@@ -18,4 +19,5 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/compact.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/bench.smk"
 include: "workflow/rules/tables.smk"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from grain.checkpoint import atomic_directory
 from grain.errors import GrainError
 from grain.params import (
     PARAMS_FILE,
@@ -36,7 +36,7 @@ log = logging.getLogger("grain.cli")
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared pieces: output files, progress, tracking
+# Shared pieces: output files, tracking
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
@@ -66,15 +66,6 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary directory that replaces `path` in one rename when the block succeeds."""
-    from grain.checkpoint import atomic_directory
-
-    with atomic_directory(path) as tmp:
-        yield Path(tmp)
-
-
-@contextmanager
 def stage_run(stage: str, params: Params, tags: Mapping[str, Any], settings: Any = None) -> Iterator[Any]:
     """One MLflow run for this stage execution; FAILED if the block raises."""
     from grain.tracking import StageRun
@@ -93,6 +84,18 @@ def _task(name: str) -> Any:
     from grain.tasks import get_task
 
     return get_task(name)
+
+
+def discard(*paths: Path) -> None:
+    """Remove a stage's previous outputs before it runs (as DVC and Snakemake do), so a failed run
+    leaves nothing stale behind that could pass for its result."""
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _require_dir(path: Path, what: str, stage: str) -> Path:
@@ -115,8 +118,9 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     task = _task(args.task)
     settings = params.teacher_settings(task.name)
     out = params.teacher_dir(task.name)
+    discard(out)
     with stage_run("teacher", params, {"task": task.name}, settings) as run:
-        with atomic_output(out) as tmp:
+        with atomic_directory(out) as tmp:
             metrics = train_teacher(
                 params.base_model, task, settings, output_dir=tmp, work_dir=_work_dir(out),
                 data_dir=params.data_dir, seed=params.teacher_seed, logger=run, device=params.device,
@@ -141,9 +145,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     teacher = _require_dir(params.teacher_dir(task.name), "teacher", f"teacher --task {task.name}")
     run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     out = run_dir / "pruned"
+    discard(out, run_dir / "curve.csv")
     tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("prune", params, tags, settings) as run:
-        with atomic_output(out) as tmp:
+        with atomic_directory(out) as tmp:
             metrics = prune_with_distillation(
                 teacher, params.base_model, task, settings, density=density, seed=args.seed, output_dir=tmp,
                 work_dir=_work_dir(out), data_dir=params.data_dir, logger=run, device=params.device,
@@ -165,11 +170,12 @@ def cmd_compact(args: argparse.Namespace) -> None:
     run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     pruned = _require_dir(run_dir / "pruned", "pruned student", "prune")
     out = run_dir / "compact"
+    discard(out)
     tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("compact", params, tags) as run:
         model = grain.from_pretrained(pruned, task=task.head, num_labels=task.num_labels)
         small = grain.compact(model, grain.Masks.load(pruned / "masks.safetensors"))
-        with atomic_output(out) as tmp:
+        with atomic_directory(out) as tmp:
             save_compact(small, tmp, tokenizer=grain.load_tokenizer(pruned))
             summary = read_json(tmp / "structure.json", "structure summary")
             write_json(tmp / "metrics.json", {"stage": "compact", **tags, **_model_facts(summary)})
@@ -188,6 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     density = check_density(args.density, "--density")
     run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     compact = _require_dir(run_dir / "compact", "compact model", "compact")
+    discard(run_dir / "eval.json")
     tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("evaluate", params, tags) as run:
         model = grain.from_pretrained(compact, task=task.head, num_labels=task.num_labels)
@@ -228,21 +235,23 @@ def _work_dir(out: Path) -> Path:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Measure the compact model's latency against the teacher's: `.../latency.json`."""
-    try:
-        from grain.bench import bench_stage
-    except ImportError:
-        raise GrainError("grain.bench is not available in this build yet (the speed issue adds it)") from None
+    from grain.bench import bench_stage
+
     params = load_params(args.params)
+    task = _task(args.task)
     density = check_density(args.density, "--density")
-    run_dir = params.run_dir(args.task, args.variant, density, args.seed)
+    run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     compact = _require_dir(run_dir / "compact", "compact model", "compact")
-    teacher = _require_dir(params.teacher_dir(args.task), "teacher", "teacher")
-    tags = run_tags(args.task, args.variant, density, args.seed)
+    teacher = _require_dir(params.teacher_dir(task.name), "teacher", f"teacher --task {task.name}")
+    discard(run_dir / "latency.json")
+    tags = run_tags(task.name, args.variant, density, args.seed)
     settings = params.bench_settings()
     with stage_run("bench", params, tags, settings) as run:
-        result = bench_stage(compact, teacher, settings)
-        write_json(run_dir / "latency.json", {**tags, "stage": "bench", **result})
-        run.log_summary(result)
+        report = bench_stage(compact, teacher, settings, task=task.name, data_dir=params.data_dir,
+                             device=params.device)
+        write_json(run_dir / "latency.json", {**tags, "density": density, "seed": args.seed, **report})
+        run.log_summary(report)
+    log.info("speed-up %.2fx over the teacher (%s)", report["speedup"], run_dir / "latency.json")
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -257,7 +266,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
         figures_dir.mkdir(parents=True, exist_ok=True)
         if params.tables.figures:
             written += figures.write_figures(runs, figures_dir)
-        run.log_summary({"runs": len(runs.evals)})
+        counts = {"runs": len(runs.evals), "teachers": len(runs.teachers), "files": len(written)}
+        written.append(write_json(Path(args.results) / "tables" / "metrics.json", {"stage": "tables", **counts}))
+        run.log_summary(counts)
         for path in written:
             run.log_artifact(path, path.parent.name)
     log.info("%d files written under %s (from %d runs)", len(written), args.results, len(runs.evals))
@@ -274,10 +285,13 @@ def cmd_params(args: argparse.Namespace) -> None:
         print(f"{args.params} {state} profile {args.profile!r}")
     params = load_params(args.params)
     grid = params.grid
-    print(
-        f"profile {params.profile}: {params.base_model}; {len(grid.tasks)} task(s) x {len(grid.variants)} "
-        f"variant(s) x {len(grid.densities)} density(ies) x {len(grid.seeds)} seed(s) = {len(grid.runs())} runs"
-    )
+    sizes = [_count(len(grid.tasks), "task"), _count(len(grid.variants), "variant"),
+             _count(len(grid.densities), "density", "densities"), _count(len(grid.seeds), "seed")]
+    print(f"profile {params.profile}: {params.base_model}; {' x '.join(sizes)} = {_count(len(grid.runs()), 'run')}")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
@@ -297,13 +311,16 @@ def write_curve(path: Path, history: list[tuple[int, dict[str, float]]]) -> Path
     """The per-step log of a training loop as CSV (one row per step; DVC plots it)."""
     import csv
 
-    keys = sorted({k for _, metrics in history for k in metrics})
+    steps: dict[int, dict[str, float]] = {}
+    for step, metrics in history:  # training and evaluation metrics of one step share a row
+        steps.setdefault(step, {}).update(metrics)
+    keys = sorted({k for metrics in steps.values() for k in metrics})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", *keys])
-        for step, metrics in history:
+        for step, metrics in sorted(steps.items()):
             writer.writerow([step, *(_csv_number(metrics.get(k)) for k in keys)])
     os.replace(tmp, path)
     return path

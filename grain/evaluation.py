@@ -46,8 +46,8 @@ def _outputs_of(task: Task, result: Any) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def predict(model: torch.nn.Module, features: datasets.Dataset, task: Task, pad_token_id: int = 0,
             batch_size: int = 64, masks: Any = None, device: str | torch.device = "cpu") -> dict[str, list]:
-    """Per-feature outputs in feature order: `logits` rows (classification) or arrays trimmed to each
-    feature's length (tagging: `logits` (T, labels); QA: `start_logits`, `end_logits` (T,))."""
+    """Per-feature outputs in feature order: `logits` (N, labels) for classification, else one array
+    per feature trimmed to its length (tagging: `logits` (T, labels); QA: `start_logits`, `end_logits` (T,))."""
     lengths = feature_lengths(features) if len(features) else np.zeros(0, dtype=np.int64)
     keys = [k for k in ("input_ids", "token_type_ids") if k in features.column_names]
     rows = features.select_columns(keys).with_format(None)
@@ -62,6 +62,8 @@ def predict(model: torch.nn.Module, features: datasets.Dataset, task: Task, pad_
             store = outputs.setdefault(name, [None] * len(features))
             for row, index in enumerate(indices):
                 store[index] = values[row, :lengths[index]] if per_token else values[row]
+    if not per_token and outputs:
+        outputs["logits"] = np.stack(outputs["logits"])  # (N, labels)
     return outputs
 
 

@@ -45,7 +45,7 @@ SETTINGS_CLASSES: dict[str, tuple[str, str]] = {
 # The params.yaml keys each stage's outputs depend on: exactly the `params:` of the stage in
 # dvc.yaml and the Snakemake rule (a test checks both). `profile` only tags tracking runs and is
 # deliberately absent, so switching to an identical profile re-runs nothing; so is `device`, which
-# changes where a stage runs, not what it computes.
+# changes where a stage runs, not what it computes -- except for bench, which measures it.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "teacher": (
         "base_model", "data_dir", "teacher_seed", "teacher", "overrides.teacher", "evaluate",
@@ -54,7 +54,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "prune": ("base_model", "data_dir", "prune", "overrides.prune", "variants"),
     "compact": (),
     "evaluate": ("data_dir", "evaluate", "overrides.evaluate"),
-    "bench": ("bench",),
+    "bench": ("data_dir", "device", "bench"),
     "tables": ("tables",),
 }
 

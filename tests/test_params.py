@@ -51,12 +51,14 @@ def test_every_profile_loads_and_names_itself(path):
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_every_profile_spells_out_every_setting(path):
     """No stage setting comes from a code default the params file does not show."""
+    from grain.bench import BenchSettings
     from grain.prune import PruneSettings
     from grain.train import TeacherSettings
 
     data = yaml.safe_load(path.read_text())
     assert set(data["teacher"]) == {f.name for f in dataclasses.fields(TeacherSettings)}
     assert set(data["prune"]) == {f.name for f in dataclasses.fields(PruneSettings)}
+    assert set(data["bench"]) == {f.name for f in dataclasses.fields(BenchSettings)}
     # DVC reads these keys by name (STAGE_PARAMS), so they must exist even when empty.
     assert set(data["overrides"]) == {"teacher", "prune", "evaluate"}
     for keys in STAGE_PARAMS.values():

@@ -18,7 +18,7 @@ wildcard_constraints:
 
 
 # The grain/ modules each stage runs (as in dvc.yaml `deps:`): a change re-runs the stage.
-_COMMON_CODE = ["grain/__init__.py", "grain/cli.py", "grain/compact.py", "grain/errors.py", "grain/loading.py",
+_COMMON_CODE = ["grain/__init__.py", "grain/cli.py", "grain/compaction.py", "grain/errors.py", "grain/loading.py",
                 "grain/masks.py", "grain/modeling.py", "grain/params.py"]
 _TASK_CODE = ["grain/batching.py", "grain/data.py", "grain/evaluation.py", "grain/metrics", "grain/tasks"]
 _TRAIN_CODE = ["grain/checkpoint.py", "grain/loggers.py", "grain/optim.py", "grain/train.py"]
@@ -28,6 +28,8 @@ STAGE_CODE = {
         "grain/distill.py", "grain/importance.py", "grain/prune.py", "grain/schedule.py", "grain/selection.py"]),
     "compact": sorted(_COMMON_CODE + ["grain/accounting.py"]),
     "evaluate": sorted(_COMMON_CODE + _TASK_CODE),
+    "bench": sorted(_COMMON_CODE + ["grain/batching.py", "grain/bench.py", "grain/data.py", "grain/metrics",
+                                    "grain/tasks"]),
     "tables": sorted(_COMMON_CODE + ["grain/figures.py", "grain/paper.py", "grain/tables.py"]),
 }
 
@@ -65,4 +67,5 @@ def grid_files(name):
 
 
 def table_files():
-    return [f"results/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("md", "tex", "csv")]
+    tables = [f"results/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("md", "tex", "csv")]
+    return tables + ["results/tables/metrics.json"]

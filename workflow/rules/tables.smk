@@ -1,6 +1,7 @@
 rule tables:
     input:
         evals=grid_files("eval.json"),
+        latencies=grid_files("latency.json"),
         code=STAGE_CODE["tables"],
     output:
         tables=table_files(),
