@@ -8,8 +8,8 @@ models with random weights and times, interleaved in one process on the same ran
 * grain     -- our compact execution (attention_impl="auto");
 * uniform   -- a uniform model with the compact model's encoder parameter count (every head the same
                size): what the non-uniform heads cost;
-* with --alternatives also: padded (one attention call over heads padded to the widest), and the
-  grouped plan padding by weight rows or by copying activations.
+* with --alternatives also: padded (one attention call over every head padded to the layer's widest)
+  and width (one call per head width, every head zero-padded to it).
 
 It prints latency (p50, mean, p90), the speed-up over the teacher, the MAC ratio and how much of it
 the speed-up reaches. Run from the repository root:
@@ -29,11 +29,11 @@ from grain.bench import compare, flops, model_config, random_inputs, table6_size
 from grain.modeling import GrainConfig, GrainModel
 
 
-def build(config: GrainConfig, seed: int, gather: bool | None = None) -> GrainModel:
+def build(config: GrainConfig, seed: int, scheme: str | None = None) -> GrainModel:
     torch.manual_seed(seed)
     model = GrainModel(config, add_pooling_layer=False).eval()
     for layer in model.encoder.layer:
-        layer.attention.self.gather = gather
+        layer.attention.self.scheme = scheme  # None: what attention_impl says
     return model
 
 
@@ -45,8 +45,7 @@ def structure_models(task: str, alpha: float, args) -> dict[str, GrainModel]:
     models["uniform"] = build(model_config(base, uniform_sizes(models["grain"].config)), args.seed + 1)
     if args.alternatives:
         models["padded"] = build(model_config(base, sizes, attention_impl="padded"), args.seed)
-        models["grouped-weights"] = build(model_config(base, sizes, attention_impl="grouped"), args.seed, False)
-        models["grouped-copy"] = build(model_config(base, sizes, attention_impl="grouped"), args.seed, True)
+        models["width"] = build(model_config(base, sizes), args.seed, "width")
     return models
 
 
@@ -104,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"\n{args.task} alpha {alpha}: {heads} heads, {sum(map(sum, config.qk_sizes)) / heads:.1f} query / "
                  f"{sum(map(sum, config.vo_sizes)) / heads:.1f} value units per head, "
                  f"{sum(config.ffn_sizes) / len(config.ffn_sizes):.1f} FFN neurons per layer; MAC ratio "
-                 f"{dense_macs / macs['total']:.1f}x (grouped padding +{100 * macs['padding_grouped'] / macs['total']:.1f}%, "
-                 f"one padded width +{100 * macs['padding_padded'] / macs['total']:.1f}%); max |grain - loop| {diff:.1e}")
+                 f"{dense_macs / macs['total']:.1f}x; padding adds " + ", ".join(
+                     f"{100 * macs['padding_' + s] / macs['total']:.1f}% ({s})" for s in ("grouped", "width", "padded"))
+                 + f"; max |grain - loop| {diff:.1e}")
         print(table(title, report))
         sys.stdout.flush()
     if args.json:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from grain.errors import GrainError
-from grain.modeling import GrainConfig, attention_plan
+from grain.modeling import PLAN_SCHEMES, GrainConfig, attention_plan
 
 log = logging.getLogger(__name__)
 
@@ -188,32 +188,34 @@ def flops(config: GrainConfig, batch: int, length: int) -> dict[str, int]:
 
     Returns:
         "embeddings" (the factorised projection, spec §6.3), "qkv", "attention" (scores and context
-        of every head at its own sizes), "output", "ffn", "total", and the extra MACs of zero-padding
-        under the grouped plan ("padding_grouped") and under one padded width per layer
-        ("padding_padded").
+        of every head at its own sizes), "output", "ffn", "total", and the MACs that zero-padding adds
+        under each execution plan: "padding_grouped" (our default), "padding_width" and
+        "padding_padded" (see grain.modeling.attention_plan).
     """
-    N, D = batch * length, config.hidden_size
-    count = dict.fromkeys(("embeddings", "qkv", "attention", "output", "ffn", "padding_grouped", "padding_padded"), 0)
+    N, D, squares = batch * length, config.hidden_size, batch * length * length
+    count = dict.fromkeys(("embeddings", "qkv", "attention", "output", "ffn"), 0)
+    count.update({f"padding_{scheme}": 0 for scheme in PLAN_SCHEMES})
     if config.embedding_rank:
         count["embeddings"] = N * config.embedding_rank * D
     for qk, vo, ffn in zip(config.qk_sizes, config.vo_sizes, config.ffn_sizes):
         count["ffn"] += 2 * N * D * ffn
         live = [(a, b) for a, b in zip(qk, vo) if b > 0]  # heads without value units add nothing (spec §7)
-        if not live:
-            continue
         A, V = sum(a for a, _ in live), sum(b for _, b in live)
         count["qkv"] += N * D * (2 * A + V)
-        count["attention"] += batch * length * length * (A + V)
+        count["attention"] += squares * (A + V)
         count["output"] += N * V * D
-        for scheme in ("grouped", "padded"):
-            plan = attention_plan(qk, vo, scheme)
-            rows, scored = len(plan.rows), sum(w * len(h) for w, h in plan.groups)
-            extra = N * D * (rows - 2 * A - V) + N * D * (plan.width - V)  # zero rows and columns
-            extra += batch * length * length * 2 * scored - batch * length * length * (
-                sum(a + b for h, (a, b) in enumerate(zip(qk, vo)) if h not in plan.mean_heads and b > 0))
-            count[f"padding_{scheme}"] += max(0, extra)
+        for scheme in PLAN_SCHEMES:
+            count[f"padding_{scheme}"] += _padding(attention_plan(qk, vo, scheme), qk, vo, N, D, squares)
     count["total"] = sum(count[k] for k in ("embeddings", "qkv", "attention", "output", "ffn"))
     return count
+
+
+def _padding(plan, qk: list[int], vo: list[int], N: int, D: int, squares: int) -> int:
+    """MACs a plan adds: zero rows of the fused projection, zero columns of W_O, padded attention."""
+    A, V = sum(a for a, b in zip(qk, vo) if b > 0), sum(vo)
+    projection = N * D * (len(plan.rows) - 2 * A - V) + N * D * (plan.width - V)
+    attention = sum(squares * (2 * g.width * len(g.heads) - sum(qk[h] + vo[h] for h in g.heads)) for g in plan.groups)
+    return projection + attention
 
 
 # --- inputs --------------------------------------------------------------------------------------

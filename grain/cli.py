@@ -155,6 +155,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
                 progress=True, variant=args.variant,
             )
         write_curve(run_dir / "curve.csv", run.history)
+        run.log_summary({k: v for k, v in metrics.items() if k not in ("settings", "structure")})
+        run.log_dict(metrics.get("structure", {}), "masks_summary.json")
         run.log_artifact(out / "metrics.json")
     log.info("pruned student written to %s", out)
 

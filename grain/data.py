@@ -25,7 +25,8 @@ from grain.errors import GrainError
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "GRAIN_DATA_DIR"
-HOW_TO_SET = f"pass data_dir (params.yaml or --data-dir) or set {DATA_DIR_ENV} to a folder laid out as {{task}}/{{split}}.jsonl.gz"
+HOW_TO_SET = (f"set data_dir (the argument or params.yaml) or {DATA_DIR_ENV} to a folder laid out as "
+              "{task}/{split}.jsonl.gz")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _CACHE: dict[tuple, datasets.Dataset] = {}
 _CACHE_SIZE = 8

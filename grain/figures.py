@@ -3,7 +3,6 @@ and the per-layer structure of a pruned model as a heat map."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,6 @@ import pandas as pd  # noqa: E402
 
 from grain import paper  # noqa: E402
 
-log = logging.getLogger(__name__)
 _DPI = 120
 _METADATA = {"Software": None}  # no version strings in the PNG, so reruns give the same bytes
 

@@ -163,9 +163,11 @@ class GrainEmbeddings(nn.Module):
         words = self.word_embeddings(input_ids)
         if self.word_projection is not None:
             words = self.word_projection(words)  # (B, T, r) -> (B, T, D)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = words + self.token_type_embeddings(token_type_ids) + self.position_embeddings(self.position_ids(input_ids))
+        positions = self.position_embeddings(self.position_ids(input_ids))  # (1 or B, T, D)
+        if token_type_ids is not None and (_tracing() or bool(token_type_ids.any())):
+            x = words + self.token_type_embeddings(token_type_ids) + positions
+        else:  # every token has type 0: a broadcast row instead of a lookup per token (same sums)
+            x = words + self.token_type_embeddings.weight[0] + positions
         return self.dropout(self.LayerNorm(x))
 
 
@@ -177,13 +179,43 @@ def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
 
 
 # --- execution plans -------------------------------------------------------------------------------
-# A layer's heads have their own query/key (a) and value/output (b) sizes. scaled_dot_product_attention
-# batches heads only when q, k and v all share one width, so a plan groups the heads by the width
-# max(a, b) and lays the fused Q/K/V weight out in that order, zero rows padding each head to its
-# group's width. Padding is exact: a zero query/key dimension adds nothing to a score, and a zero
-# value dimension meets a zero column of W_O. Heads without value units add nothing and are left out;
-# heads without query/key units attend uniformly (spec §7) and need no scores at all. Plans are
-# derived from the sizes on first use and never saved.
+# A layer's heads have their own query/key (a) and value/output (b) sizes, while one call of
+# scaled_dot_product_attention needs one width w for q, k and v of all its heads. A plan lays the fused
+# Q/K/V weight out so that each call reads its q, k and v as strided windows of the projection output,
+# without copies:
+#
+# * "grouped" (the default): one call per distinct (a, b). Windows are w = max(a, b) wide but step by
+#   the real sizes, so a head's q (or v) window runs on into the next head's units. That is harmless:
+#   k carries zero rows wherever q reads beyond its own units (a zero key dimension adds nothing to a
+#   score), and context columns beyond a head's b value units are never kept. Only k pays padding,
+#   (w - a) zero rows per head with a < b, instead of 2|a - b| when every head is padded.
+# * "width": one call per width w, every head zero-padded to w in q, k and v, W_O given zero columns.
+# * "padded": one call for the layer, every head padded to its widest; heads without query/key units
+#   take part too.
+#
+# Heads without value units add nothing and are left out; heads without query/key units attend
+# uniformly (spec §7) and need no scores. Plans are derived from the sizes and never saved.
+
+PLAN_SCHEMES = ("grouped", "width", "padded")
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """Heads that run as one scaled_dot_product_attention call.
+
+    Attributes:
+        width: w, the last dimension of q, k and v in the call.
+        heads: the heads, in context order.
+        at: start columns of the q, k and v windows in the projection output.
+        step: columns between one head's window and the next's, for q, k and v.
+        keep: context columns kept per head (the value units when the windows are wider).
+    """
+
+    width: int
+    heads: tuple[int, ...]
+    at: tuple[int, int, int]
+    step: tuple[int, int, int]
+    keep: int
 
 
 @dataclass(frozen=True)
@@ -191,26 +223,26 @@ class AttentionPlan:
     """How one layer's heads run.
 
     Attributes:
-        groups: (width, heads) pairs; each is one scaled_dot_product_attention over its heads, every
-            head zero-padded to `width` query/key and value units.
-        mean_heads: heads with value units but no query/key units: uniform attention (spec §7).
-        rows: for each column of the fused projection, its row in [W_q; W_k; W_v; 0] (2A + V: zero).
-        columns: for each context column, its column in [W_O | 0] (V: the zero padding).
-        identity: rows and columns are the plain [q | k | v] order (uniform heads): nothing to gather.
-        gather: apply `rows` to the projection's output (one copy) instead of to the weight (padding
-            rows cost a multiply-accumulate per hidden unit each): chosen when padding is a large share.
+        groups: the attention calls.
+        mean_heads: heads with value units but no query/key units: uniform attention (spec §7); their
+            values follow the groups' columns in the projection output, at `mean_at`.
+        mean_at: where the uniform heads' values start.
+        rows: for each column of the fused projection output, its row in [W_q; W_k; W_v; 0] (2A + V is
+            the zero row).
+        columns: for each context column, its column in [W_O | 0] (V is the zero column).
+        identity: rows and columns are the plain [q | k | v] order (uniform heads): nothing to reorder.
     """
 
-    groups: tuple[tuple[int, tuple[int, ...]], ...]
+    groups: tuple[HeadGroup, ...]
     mean_heads: tuple[int, ...]
+    mean_at: int
     rows: tuple[int, ...]
     columns: tuple[int, ...]
     identity: bool
-    gather: bool = False
 
     @property
     def width(self) -> int:
-        """Context columns (real and padding) that feed W_O."""
+        """Context columns that feed W_O."""
         return len(self.columns)
 
 
@@ -222,51 +254,59 @@ def _offsets(sizes: list[int]) -> list[int]:
     return out
 
 
-def _padded(start: int, size: int, width: int, pad: int) -> list[int]:
-    return list(range(start, start + size)) + [pad] * (width - size)
+def _units(start: int, size: int, width: int | None = None, zero: int = -1) -> list[int]:
+    """`size` consecutive indices from `start`, then `zero` up to `width`."""
+    return list(range(start, start + size)) + [zero] * ((width or size) - size)
 
 
-# One copied element of the projection output costs about as much as this many multiply-accumulates
-# (measured on CPU: a zero-padding row of the fused weight costs D of them per token).
-COPY_COST_MACS = 96
-
-
-def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grouped", multiple: int = 1,
-                   gather: bool | None = None, hidden_size: int = 768) -> AttentionPlan:
-    """The execution plan of one layer.
+def attention_plan(qk_sizes: list[int], vo_sizes: list[int], scheme: str = "grouped",
+                   multiple: int = 1) -> AttentionPlan:
+    """The execution plan of one layer (see the notes above).
 
     Args:
         qk_sizes, vo_sizes: per-head query/key and value/output units.
-        scheme: "grouped" (one attention call per head width) or "padded" (one call, every head
-            padded to the widest; heads without query/key units go through it too).
+        scheme: "grouped", "width" or "padded".
         multiple: round every width up to a multiple of this (8 suits CUDA attention kernels).
-        gather: pad by copying the projection's output rather than with zero weight rows; None
-            chooses by cost: padding rows x hidden_size MACs against one copy of every column.
     """
+    if scheme not in PLAN_SCHEMES:
+        raise ValueError(f"scheme must be one of {PLAN_SCHEMES}, got {scheme!r}")
     A, V = sum(qk_sizes), sum(vo_sizes)
-    q_at, v_at = _offsets(qk_sizes), _offsets(vo_sizes)
+    q_at, v_at, zero = _offsets(qk_sizes), _offsets(vo_sizes), 2 * A + V
     live = [h for h, b in enumerate(vo_sizes) if b > 0]  # no value units: the head adds nothing (spec §7)
     attend = live if scheme == "padded" else [h for h in live if qk_sizes[h] > 0]
     mean = [h for h in live if h not in attend]
     width = {h: -(-max(qk_sizes[h], vo_sizes[h], 1) // multiple) * multiple for h in attend}
     if scheme == "padded":
-        groups = [(max(width.values()), tuple(attend))] if attend else []
-    else:
-        groups = [(w, tuple(h for h in attend if width[h] == w)) for w in sorted(set(width.values()))]
-    zero, rows, columns = 2 * A + V, [], []
-    for w, heads in groups:
-        rows += [r for h in heads for r in _padded(q_at[h], qk_sizes[h], w, zero)]
-        rows += [r for h in heads for r in _padded(A + q_at[h], qk_sizes[h], w, zero)]
-        rows += [r for h in heads for r in _padded(2 * A + v_at[h], vo_sizes[h], w, zero)]
-        columns += [c for h in heads for c in _padded(v_at[h], vo_sizes[h], w, V)]
+        keys = {h: max(width.values()) for h in attend}
+    elif scheme == "width":
+        keys = width
+    else:  # exact sizes; heads whose v windows run past their group first, so the overrun lands on data
+        keys = {h: (width[h] == vo_sizes[h], width[h], qk_sizes[h], vo_sizes[h]) for h in attend}
+    rows, columns, groups = [], [], []
+    for key in sorted(set(keys.values())):
+        heads = tuple(h for h in attend if keys[h] == key)
+        w = key[1] if scheme == "grouped" else key
+        a, b = (qk_sizes[heads[0]], vo_sizes[heads[0]]) if scheme == "grouped" else (w, w)
+        step = (a, a if a == w else w, b) if scheme == "grouped" else (w, w, w)
+        if len(heads) > 1 and w > 1:  # CPU attention misreads windows one column apart: pad those to w
+            step = tuple(w if s == 1 else s for s in step)
+        start = len(rows)
+        rows += [r for h in heads for r in _units(q_at[h], qk_sizes[h], step[0], zero)]
+        rows += [r for h in heads for r in _units(A + q_at[h], qk_sizes[h], step[1], zero)]
+        rows += [r for h in heads for r in _units(2 * A + v_at[h], vo_sizes[h], step[2], zero)]
+        at = (start, start + len(heads) * step[0], start + len(heads) * (step[0] + step[1]))
+        keep = b if scheme == "grouped" else w
+        columns += [c for h in heads for c in _units(v_at[h], vo_sizes[h], keep, V)]
+        groups.append(HeadGroup(w, heads, at, step, keep))
+    mean_at = len(rows)
     for h in mean:
-        rows += list(range(2 * A + v_at[h], 2 * A + v_at[h] + vo_sizes[h]))
-        columns += list(range(v_at[h], v_at[h] + vo_sizes[h]))
+        rows += _units(2 * A + v_at[h], vo_sizes[h])
+        columns += _units(v_at[h], vo_sizes[h])
+    # the last windows may run past the last unit: zero rows keep every window inside the output
+    end = max([g.at[i] + (len(g.heads) - 1) * g.step[i] + g.width for g in groups for i in range(3)] + [0])
+    rows += [zero] * max(0, end - len(rows))
     identity = rows == list(range(2 * A + V)) and columns == list(range(V))
-    if gather is None:
-        gather = (len(rows) - 2 * A - V) * hidden_size > len(rows) * COPY_COST_MACS
-    return AttentionPlan(tuple(groups), tuple(mean), tuple(rows), tuple(columns), identity,
-                         gather and not identity)
+    return AttentionPlan(tuple(groups), tuple(mean), mean_at, tuple(rows), tuple(columns), identity)
 
 
 def _tracing() -> bool:
@@ -353,24 +393,20 @@ class GrainSelfAttention(_DerivedWeights):
         self.query = _linear(config.hidden_size, self.qk_total)
         self.key = _linear(config.hidden_size, self.qk_total)
         self.value = _linear(config.hidden_size, self.vo_total)
-        self.gather: bool | None = None  # pad by copying activations (True), weights (False), by cost (None)
+        self.scheme: str | None = None  # a PLAN_SCHEMES entry to override attention_impl (benchmarks)
         self._plans: dict[tuple, AttentionPlan] = {}
 
     def plan(self, device: torch.device, fast: bool = False) -> AttentionPlan:
         """This layer's plan on `device` (widths rounded to multiples of 8 for CUDA inference)."""
-        scheme = "padded" if self.impl == "padded" else "grouped"
+        scheme = self.scheme or ("padded" if self.impl == "padded" else "grouped")
         multiple = 8 if fast and device.type == "cuda" else 1
-        key = (scheme, multiple, self.gather)
+        key = (scheme, multiple)
         if key not in self._plans:
-            self._plans[key] = attention_plan(self.qk_sizes, self.vo_sizes, scheme, multiple, self.gather,
-                                              self.query.in_features)
+            self._plans[key] = attention_plan(self.qk_sizes, self.vo_sizes, scheme, multiple)
         return self._plans[key]
 
     def fused_weights(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Q/K/V weight (C, D) and bias (C,) in the plan's order, zero rows for padding.
-
-        With `plan.gather` the weight keeps the plain order plus one zero row that padding copies.
-        """
+        """The Q/K/V weight (C, D) and bias (C,) in the plan's order, zero rows for padding."""
         sources = [self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
                    self.value.bias]
 
@@ -378,11 +414,8 @@ class GrainSelfAttention(_DerivedWeights):
             weight, bias = torch.cat(sources[:3]), torch.cat(sources[3:])
             if plan.identity:
                 return weight, bias
-            weight, bias = F.pad(weight, (0, 0, 0, 1)), F.pad(bias, (0, 1))
-            if plan.gather:
-                return weight, bias
             rows = torch.tensor(plan.rows, device=weight.device)
-            return weight.index_select(0, rows), bias.index_select(0, rows)
+            return F.pad(weight, (0, 0, 0, 1)).index_select(0, rows), F.pad(bias, (0, 1)).index_select(0, rows)
 
         return self.derived(f"qkv{id(plan)}", sources, build)
 
@@ -391,28 +424,32 @@ class GrainSelfAttention(_DerivedWeights):
         """The context in the plan's order, (B, T, plan.width), plus a column of ones when `ones`."""
         B, T, _ = x.shape
         weight, bias = self.fused_weights(plan)
-        qkv = F.linear(x, weight, bias)  # (B, T, C): per group [q | k | v], then the uniform heads' v
-        if plan.gather:
-            rows = self.derived(f"rows{id(plan)}", [], lambda: torch.tensor(plan.rows, device=x.device))
-            qkv = qkv.index_select(-1, rows.to(x.device))
+        qkv = F.linear(x, weight, bias).contiguous()  # (B, T, C): per group [q | k | v], then uniform heads' v
         if qk_mask is not None or vo_mask is not None:  # masks come with the dense layout: plain order
             assert plan.identity, "masks need the plain dense layout"
             qkv = qkv * torch.cat([_ones(qk_mask, self.qk_total, qkv), _ones(qk_mask, self.qk_total, qkv),
                                    _ones(vo_mask, self.vo_total, qkv)])
-        dropout = self.dropout_p if self.training else 0.0
-        parts, at = [], 0
-        for width, heads in plan.groups:
-            n = len(heads) * width
-            q, k, v = (qkv[..., at + i * n:at + (i + 1) * n].view(B, T, len(heads), width).transpose(1, 2)
-                       for i in range(3))  # (B, G, T, width) each
+        C, dropout = qkv.shape[-1], self.dropout_p if self.training else 0.0
+        outputs = []
+        for g in plan.groups:  # q, k, v: (B, G, T, w) windows of qkv, no copies
+            q, k, v = (qkv.as_strided((B, len(g.heads), T, g.width), (T * C, step, C, 1), qkv.storage_offset() + at)
+                       for at, step in zip(g.at, g.step))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=dropout, scale=self.scale)
-            parts.append(out.transpose(1, 2).reshape(B, T, n))
-            at += 3 * n
+            outputs.append(out.transpose(1, 2))  # (B, T, G, w)
+        if len(outputs) == 1 and not plan.mean_heads and not ones and plan.groups[0].keep == plan.groups[0].width:
+            return outputs[0].reshape(B, T, plan.width)  # uniform heads: a view
+        context = qkv.new_empty(B, T, plan.width + int(ones))
+        at = 0
+        for g, out in zip(plan.groups, outputs):
+            n = len(g.heads) * g.keep
+            context[..., at:at + n].view(B, T, len(g.heads), g.keep).copy_(out[..., :g.keep])
+            at += n
         if plan.mean_heads:
-            parts.append(_uniform_context(qkv[..., at:], mask_bias, dropout).expand(B, T, -1))
+            values = qkv[..., plan.mean_at:plan.mean_at + plan.width - at]
+            context[..., at:plan.width].copy_(_uniform_context(values, mask_bias, dropout).expand(B, T, -1))
         if ones:
-            parts.append(qkv.new_ones(B, T, 1))
-        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+            context[..., plan.width].fill_(1.0)
+        return context
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor | None, qk_mask=None, vo_mask=None) -> torch.Tensor:
         """Return the packed context (B, T, V) that feeds the output projection."""
@@ -596,6 +633,10 @@ class GrainModel(GrainPreTrainedModel):
         if add_pooling_layer:
             self.pooler = nn.Module()
             self.pooler.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        # CPU inference runs a few sequences at a time so that a chunk's hidden states (about 3 MiB)
+        # stay in cache between the many memory-bound steps of a layer; None runs the whole batch.
+        # The paper's execution ("loop") keeps whole batches.
+        self.chunk_tokens = None if config.attention_impl == "loop" else (3 << 20) // (4 * config.hidden_size)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -604,14 +645,35 @@ class GrainModel(GrainPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None,
                 output_hidden_states=True, **_unused) -> GrainOutput:
         self.check_masks(masks)
-        if attention_mask is not None and not _tracing() and bool(attention_mask.all()):
-            attention_mask = None  # no padding: attention without a bias is the same, and faster
-        x = self.embeddings(input_ids, token_type_ids)
-        hidden = self.encoder(x, _mask_bias(attention_mask, x.dtype), masks, keep_hidden=output_hidden_states)
+        rows = self._chunk_rows(input_ids, masks)
+        if rows:
+            chunks = [self._encode(input_ids[i:i + rows], _rows(attention_mask, i, rows), _rows(token_type_ids, i, rows),
+                                   None, output_hidden_states) for i in range(0, input_ids.shape[0], rows)]
+            hidden = tuple(torch.cat(states) for states in zip(*chunks))
+        else:
+            hidden = self._encode(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         last = hidden[-1]
         pooled = torch.tanh(self.pooler.dense(last[:, 0])) if self.pooler is not None else None
         return GrainOutput(last_hidden_state=last, pooler_output=pooled,
                            hidden_states=hidden if output_hidden_states else None)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, masks, keep_hidden) -> tuple[torch.Tensor, ...]:
+        if attention_mask is not None and not _tracing() and bool(attention_mask.all()):
+            attention_mask = None  # no padding: attention without a bias is the same, and faster
+        x = self.embeddings(input_ids, token_type_ids)
+        return self.encoder(x, _mask_bias(attention_mask, x.dtype), masks, keep_hidden=keep_hidden)
+
+    def _chunk_rows(self, input_ids: torch.Tensor, masks) -> int | None:
+        """Sequences per chunk for CPU inference, or None to run the batch at once."""
+        if not self.chunk_tokens or masks is not None or input_ids.device.type != "cpu" or not _inference(self):
+            return None
+        B, T = input_ids.shape
+        rows = max(1, self.chunk_tokens // max(T, 1))
+        return rows if rows < B else None
+
+
+def _rows(tensor: torch.Tensor | None, start: int, n: int) -> torch.Tensor | None:
+    return None if tensor is None else tensor[start:start + n]
 
 
 class GrainForSequenceClassification(GrainPreTrainedModel):

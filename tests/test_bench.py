@@ -40,7 +40,7 @@ def test_flops_of_bert_base():
     assert count["attention"] == 12 * 32 * 128 * 128 * 2 * 768
     assert count["output"] == 12 * N * 768 * 768 and count["ffn"] == 12 * 2 * N * 768 * 3072
     assert count["total"] == 357_556_027_392
-    assert count["padding_grouped"] == count["padding_padded"] == 0
+    assert count["padding_grouped"] == count["padding_width"] == count["padding_padded"] == 0
 
 
 def test_flops_count_each_head_at_its_own_size_and_padding():
@@ -51,9 +51,11 @@ def test_flops_count_each_head_at_its_own_size_and_padding():
     assert count["qkv"] == N * D * (2 * 4 + 8) + N * D * (2 * 5 + 5)
     assert count["attention"] == 2 * 25 * (4 + 8) + 2 * 25 * (5 + 5)
     assert count["output"] == N * 13 * D and count["ffn"] == 2 * N * D * 3
-    # grouped: head 0 (4 q, 2 v) padded to 4 -> 2 zero value rows and 2 zero W_O columns; head 1 is a mean
-    assert count["padding_grouped"] == N * D * 2 + N * D * 2 + 2 * 25 * 2
-    assert count["padding_padded"] > count["padding_grouped"]
+    # grouped: head 0 (4 q, 2 v) reads 4-wide v windows (2 columns of attention context more), no zero
+    # rows; width: head 0 padded to 4 -> 2 zero value rows and 2 zero W_O columns too; head 1 is a mean
+    assert count["padding_grouped"] == 2 * 25 * 2
+    assert count["padding_width"] == N * D * 2 + N * D * 2 + 2 * 25 * 2
+    assert count["padding_padded"] > count["padding_width"]
 
 
 @pytest.mark.parametrize("task", sorted(TABLE6))

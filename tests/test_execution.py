@@ -1,8 +1,9 @@
 """Every execution scheme computes the same function as the paper's per-head loop and the masked model.
 
-The schemes (grain/modeling.py): heads grouped by width in one fused projection, zero-padded by weight
-rows or by copying activations; one padded width for all heads; cached fused weights and in-place
-residuals in inference; heads without query/key units as a uniform mean (spec §7).
+The schemes (grain/modeling.py): one attention call per exact head size on strided windows of one
+fused projection ("grouped"), one call per width with zero-padded heads ("width"), one padded width
+for all heads ("padded"); cached fused weights and in-place residuals in inference; heads without
+query/key units as a uniform mean (spec §7).
 """
 
 import pytest
@@ -23,10 +24,10 @@ STRUCTURES = {
     "uniform": dict(qk_sizes=[[6, 6], [6, 6]], vo_sizes=[[6, 6], [6, 6]], ffn_sizes=[12, 12]),
     "wide-ffn": dict(qk_sizes=[[8, 8, 8, 8], [3]], vo_sizes=[[8, 8, 8, 8], [9]], ffn_sizes=[37, 36]),
 }
-SCHEMES = [("auto", None), ("grouped", False), ("grouped", True), ("padded", None)]
+SCHEMES = [("auto", None), ("grouped", "width"), ("padded", None)]
 
 
-def pair(sizes, impl, gather, seed=0):
+def pair(sizes, impl, scheme, seed=0):
     """A model with `impl` and the paper-style loop model with the same weights."""
     torch.manual_seed(seed)
     model = GrainForSequenceClassification(GrainConfig(**TINY, **sizes, attention_impl=impl)).eval()
@@ -34,7 +35,7 @@ def pair(sizes, impl, gather, seed=0):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)  # beyond the init scale, so every term matters
     for layer in model.grain.encoder.layer:
-        layer.attention.self.gather = gather
+        layer.attention.self.scheme = scheme
     loop = GrainForSequenceClassification(GrainConfig(**TINY, **sizes, attention_impl="loop")).eval()
     loop.load_state_dict(model.state_dict())
     return model, loop
@@ -47,10 +48,10 @@ def assert_outputs_close(a, b, atol=1e-5):
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
-@pytest.mark.parametrize("impl, gather", SCHEMES)
+@pytest.mark.parametrize("impl, scheme", SCHEMES)
 @pytest.mark.parametrize("mode", ["inference", "no_grad", "grad"])
-def test_schemes_equal_the_loop(structure, impl, gather, mode):
-    model, loop = pair(STRUCTURES[structure], impl, gather)
+def test_schemes_equal_the_loop(structure, impl, scheme, mode):
+    model, loop = pair(STRUCTURES[structure], impl, scheme)
     ids, mask = batch()
     context = {"inference": torch.inference_mode, "no_grad": torch.no_grad, "grad": torch.enable_grad}[mode]
     with context():
@@ -62,9 +63,9 @@ def test_schemes_equal_the_loop(structure, impl, gather, mode):
         assert torch.allclose(model(ids).logits, loop(ids).logits, atol=1e-5)  # no padding: no bias
 
 
-@pytest.mark.parametrize("impl, gather", SCHEMES)
-def test_gradients_equal_the_loop(impl, gather):
-    model, loop = pair(STRUCTURES["mixed"], impl, gather)
+@pytest.mark.parametrize("impl, scheme", SCHEMES)
+def test_gradients_equal_the_loop(impl, scheme):
+    model, loop = pair(STRUCTURES["mixed"], impl, scheme)
     ids, mask = batch()
     for m in (model, loop):
         m(ids, mask, labels=torch.tensor([0, 1, 1])).loss.backward()
@@ -83,8 +84,8 @@ def test_training_mode_with_dropout_runs_every_kind_of_head():
     assert torch.isfinite(out.loss) and model.grain.encoder.layer[0].attention.self.value.weight.grad is not None
 
 
-@pytest.mark.parametrize("impl, gather", SCHEMES)
-def test_masked_equals_compact(impl, gather):
+@pytest.mark.parametrize("impl, scheme", SCHEMES)
+def test_masked_equals_compact(impl, scheme):
     """The masked dense model and its compaction agree to 1e-5 in fp32 (DESIGN), degenerate heads included."""
     torch.manual_seed(0)
     dense = GrainForSequenceClassification(GrainConfig(**TINY, attention_impl=impl)).eval()
@@ -98,7 +99,7 @@ def test_masked_equals_compact(impl, gather):
     masks.ffn[1] = 0  # and empty FFN
     small = grain.compact(dense, masks).eval()
     for layer in small.grain.encoder.layer:
-        layer.attention.self.gather = gather
+        layer.attention.self.scheme = scheme
     ids, mask = batch()
     with torch.inference_mode():
         assert_outputs_close(dense(ids, mask, masks=masks), small(ids, mask))
@@ -131,31 +132,49 @@ def test_a_model_built_in_inference_mode_runs_without_caching():
     assert torch.equal(a.last_hidden_state, b.last_hidden_state)
 
 
-def test_plan_groups_heads_by_width_and_drops_heads_without_values():
-    plan = attention_plan([8, 3, 0, 5, 2], [2, 8, 4, 5, 0], "grouped", gather=False)
-    assert plan.groups == ((5, (3,)), (8, (0, 1)))  # head 4 has no value units: left out
+def test_grouped_plan_runs_exact_sizes_on_strided_windows():
+    plan = attention_plan([8, 3, 0, 5, 2, 3], [2, 8, 4, 5, 0, 8], "grouped")
+    A, V = 21, 27
+    zero = 2 * A + V
+    # head 4 has no value units: left out; head 2 has no query/key units: uniform attention
     assert plan.mean_heads == (2,)
-    A, V, zero = 18, 19, 2 * 18 + 19
-    assert plan.rows[:5] == (11, 12, 13, 14, 15)  # head 3's query rows (query offsets 0, 8, 11, 11)
-    assert plan.rows[5:10] == (A + 11, A + 12, A + 13, A + 14, A + 15)  # its key rows
-    assert plan.rows[10:15] == (2 * A + 14, 2 * A + 15, 2 * A + 16, 2 * A + 17, 2 * A + 18)  # value rows
-    assert plan.rows[15:23] == (0, 1, 2, 3, 4, 5, 6, 7)  # head 0's query rows (width 8, no padding)
-    assert plan.rows[23:31] == (8, 9, 10, zero, zero, zero, zero, zero)  # head 1: 3 query rows, 5 zero rows
-    assert plan.columns[:5] == (14, 15, 16, 17, 18)  # head 3's value columns of W_O
-    assert plan.columns[5:13] == (0, 1, V, V, V, V, V, V)  # head 0: 2 value units, padding reads the zero
-    assert plan.columns[-4:] == (10, 11, 12, 13)  # the uniform head's values come last
-    assert not plan.identity and not plan.gather
+    # (8, 2) first: its v windows run past its values; then (5, 5), then (3, 8) with heads 1 and 5
+    g0, g1, g2 = plan.groups
+    assert (g0.width, g0.heads, g0.step, g0.keep) == (8, (0,), (8, 8, 2), 2)
+    assert (g1.width, g1.heads, g1.step, g1.keep) == (5, (3,), (5, 5, 5), 5)
+    assert (g2.width, g2.heads, g2.step, g2.keep) == (8, (1, 5), (3, 8, 8), 8)
+    assert plan.rows[:8] == tuple(range(8)) and plan.rows[8:16] == tuple(range(A, A + 8))  # head 0's q, k
+    assert plan.rows[16:18] == (2 * A, 2 * A + 1)  # its 2 value rows, no padding
+    q2 = g2.at[0]
+    assert plan.rows[q2:q2 + 6] == (8, 9, 10, 18, 19, 20)  # q of heads 1 and 5, no padding
+    k2 = g2.at[1]
+    assert plan.rows[k2:k2 + 16] == (A + 8, A + 9, A + 10) + (zero,) * 5 + (A + 18, A + 19, A + 20) + (zero,) * 5
+    assert plan.columns == (0, 1, *range(14, 19), *range(2, 10), *range(19, 27), *range(10, 14))
+    # every window stays inside the projection output
+    for g in plan.groups:
+        for at, step in zip(g.at, g.step):
+            assert at + (len(g.heads) - 1) * step + g.width <= len(plan.rows)
+    assert not plan.identity
+
+
+def test_width_plan_pads_every_head_to_its_group_width():
+    plan = attention_plan([8, 3, 0, 5], [2, 8, 4, 5], "width")
+    assert [(g.width, g.heads, g.keep) for g in plan.groups] == [(5, (3,), 5), (8, (0, 1), 8)]
+    A, V, zero = 16, 19, 2 * 16 + 19
+    assert plan.rows[15:31] == tuple(range(8)) + (8, 9, 10) + (zero,) * 5  # heads 0, 1: q padded to 8
+    assert plan.columns[5:13] == (0, 1) + (V,) * 6  # head 0: 2 value columns, then zero columns of W_O
 
 
 def test_plan_of_uniform_heads_is_the_plain_layout():
     plan = attention_plan([4, 4, 4], [4, 4, 4])
-    assert plan.identity and plan.groups == ((4, (0, 1, 2)),) and not plan.gather
-    assert attention_plan([4, 4], [4, 4], multiple=8).groups == ((8, (0, 1)),)
+    assert plan.identity and [(g.width, g.heads, g.step) for g in plan.groups] == [(4, (0, 1, 2), (4, 4, 4))]
+    rounded = attention_plan([4, 4], [4, 4], multiple=8).groups[0]
+    assert (rounded.width, rounded.step, rounded.keep) == (8, (4, 8, 4), 4)  # k zero-padded, v windows overrun
 
 
 def test_padded_scheme_is_one_call_over_every_head_with_values():
     plan = attention_plan([8, 3, 0, 5], [2, 8, 4, 1], "padded")
-    assert plan.groups == ((8, (0, 1, 2, 3)),) and plan.mean_heads == ()
+    assert [(g.width, g.heads) for g in plan.groups] == [(8, (0, 1, 2, 3))] and plan.mean_heads == ()
 
 
 def test_bfloat16_inference_is_close_to_float32():
@@ -176,3 +195,28 @@ def test_cuda_plan_equals_the_loop():
     with torch.inference_mode():
         a, b = model(ids, mask), loop(ids, mask)
     assert torch.allclose(a.logits, b.logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("keep_hidden", [True, False])
+def test_cpu_inference_in_chunks_of_sequences_equals_whole_batches(keep_hidden):
+    model, loop = pair(STRUCTURES["mixed"], "auto", None)
+    assert loop.grain.chunk_tokens is None  # the paper's execution runs whole batches
+    model.grain.chunk_tokens = 18  # two sequences of 9 tokens per chunk: chunks of 2, 2 and 1 rows
+    ids, mask = batch(B=5)
+    with torch.inference_mode():
+        a, b = model(ids, mask, output_hidden_states=keep_hidden), loop(ids, mask, output_hidden_states=keep_hidden)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    if keep_hidden:
+        assert_outputs_close(a, b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_structures_equal_the_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    heads = [int(torch.randint(1, 7, (1,), generator=g)) for _ in range(2)]
+    qk = [torch.randint(0, 9, (h,), generator=g).tolist() for h in heads]
+    vo = [torch.randint(0, 9, (h,), generator=g).tolist() for h in heads]
+    model, loop = pair(dict(qk_sizes=qk, vo_sizes=vo, ffn_sizes=[7, 40]), "auto", None, seed)
+    ids, mask = batch()
+    with torch.inference_mode():
+        assert_outputs_close(model(ids, mask), loop(ids, mask))

@@ -32,7 +32,8 @@ class TokenClassificationTask(Task):
         try:
             return [t if isinstance(t, int) else index[t] for t in tags]
         except KeyError as err:
-            raise GrainError(f"task {self.name}: unknown tag {err.args[0]!r}; known: {', '.join(self.label_names)}") from None
+            known = ", ".join(self.label_names)
+            raise GrainError(f"task {self.name}: unknown tag {err.args[0]!r}; known: {known}") from None
 
     def tag_names(self, tags: list) -> list[str]:
         """Tag names of one sentence (ids are mapped through `label_names`)."""

@@ -13,7 +13,8 @@ from grain.metrics.classification import CONFIG_NAMES
 from grain.metrics.classification import glue_scores
 
 _DESCRIPTION = "GLUE task metrics: accuracy, F1 (MRPC, QQP), Matthews correlation (CoLA), Pearson/Spearman (STS-B)."
-_CITATION = "Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding, ICLR 2019."
+_CITATION = ("Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding, "
+             "ICLR 2019.")
 _INPUTS = "predictions: predicted labels (floats for stsb); references: gold labels. config_name: the GLUE task."
 
 
