@@ -58,6 +58,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine; "
+                             "use with --threads 1)")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -102,12 +105,14 @@ def main(argv=None) -> dict:
         optimizer_step(params, optimizer, scaler, settings.max_grad_norm)
         scheduler.step()
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+
     def timed(fn, i: int) -> float:
         sync()
-        start = time.perf_counter()
+        start = clock()
         fn(i)
         sync()
-        return time.perf_counter() - start
+        return clock() - start
 
     plain, pruning = [], []
     for i in range(args.warmup + args.repeats):
@@ -120,7 +125,7 @@ def main(argv=None) -> dict:
                 sink.append(seconds)
     result = {
         "model": args.model, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "seq_len": args.seq_len, "repeats": args.repeats, "threads": torch.get_num_threads(), "clock": args.clock,
         "plain_median_s": statistics.median(plain), "pruning_median_s": statistics.median(pruning),
         "ratio": statistics.median(pruning) / statistics.median(plain),
         "plain_s": plain, "pruning_s": pruning, "torch": torch.__version__, "python": platform.python_version(),
@@ -130,7 +135,8 @@ def main(argv=None) -> dict:
     print(f"{'plain distillation':<22}{result['plain_median_s']:>10.3f}")
     print(f"{'pruning (GS+scores)':<22}{result['pruning_median_s']:>10.3f}")
     print(f"ratio pruning / plain: {result['ratio']:.3f}  ({args.model}, {args.device}, {args.precision}, "
-          f"batch {args.batch_size} x {args.seq_len}, {args.repeats} pairs)")
+          f"batch {args.batch_size} x {args.seq_len}, {args.repeats} pairs, {args.clock} clock, "
+          f"{torch.get_num_threads()} threads)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from grain.checkpoint import atomic_directory, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint, set_rng_state
+from grain.distributed import SINGLE, DistEnv, average, average_gradients, barrier, broadcast, shard_batch
 from grain.distill import HiddenProjections, logit_loss, parse_layer_mapping
 from grain.errors import GrainError
 from grain.importance import Scores, head_importance, random_scores, structure_regularize, unit_gradients_from_masks, \
@@ -181,12 +182,14 @@ class StepLosses:
 
 def distillation_step(student: nn.Module, teacher: nn.Module, projections: HiddenProjections, batch: dict,
                       masks: Masks, settings: PruneSettings, *, score: bool, scaler=None,
-                      device: str = "cpu") -> StepLosses:
+                      device: str = "cpu", env: DistEnv = SINGLE) -> StepLosses:
     """Forward both models, backpropagate, and leave the weights' gradients in ``.grad``.
 
     With ``score``, the masks enter the forward as leaves and their gradients -- the units' dL/dm
     (spec §2.2 note) -- are returned. Gradient separation (spec §3) is the first branch below: the
     scores come from the logit loss alone, the weight gradients from the sum of both losses.
+    Under data parallelism both are averaged over ranks (grain.distributed), so every rank scores
+    and steps with the gradients of the whole global batch.
     """
     inputs = model_inputs(batch)
     live = masks.clone().requires_grad_(True) if score else masks
@@ -205,14 +208,17 @@ def distillation_step(student: nn.Module, teacher: nn.Module, projections: Hidde
     grads = None
     if score and settings.gradient_separation and use_hidden:
         # Scores see the gradient of the logit loss only (input gradients only: no weight matmuls) ...
-        grads = torch.autograd.grad(scale(loss_logit), leaves, retain_graph=True)
+        grads = list(torch.autograd.grad(scale(loss_logit), leaves, retain_graph=True))
+        average(grads, env)  # ... of the whole global batch, identical on every rank ...
         # ... the weights are updated with the gradient of the sum.
         torch.autograd.backward(scale(total), inputs=params)
     elif score:  # no separation (or nothing to separate): one pass gives both
         torch.autograd.backward(scale(total), inputs=params + leaves)
         grads = [leaf.grad for leaf in leaves]
+        average(grads, env)
     else:
         torch.autograd.backward(scale(total), inputs=params)
+    average_gradients(params, env)
     gradients = None
     if grads is not None:
         inv_scale = 1.0 / scaler.get_scale() if scaler is not None else 1.0  # scores use unscaled gradients
@@ -308,7 +314,8 @@ def structure_summary(masks: Masks, head_size: int) -> dict:
 def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: PruneSettings, density_target: float, *,
                 eval_fn=None, output_dir: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None,
                 seed: int = 0, logger: StepLogger | None = None, device: str = "cpu", progress: bool = False,
-                tokenizer=None, metadata: dict | None = None) -> PruneResult:
+                tokenizer=None, metadata: dict | None = None, env: DistEnv = SINGLE,
+                on_prune=None) -> PruneResult:
     """Prune ``student`` to ``density_target`` while distilling ``teacher`` into it (spec §12).
 
     Args:
@@ -327,10 +334,14 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
         progress: show a progress bar.
         tokenizer: saved into ``output_dir`` when given.
         metadata: extra entries for metrics.json.
+        env: this process's place in a data-parallel run (grain.distributed); each rank takes its
+            slice of every global batch, and only rank 0 logs, evaluates, checkpoints and saves.
+        on_prune: ``on_prune(step, state)`` after each pruning step (tests watch masks and scores).
     """
     check(0 < density_target <= 1, f"density must be in (0, 1], got {density_target}")
     check(student.config.is_dense, "the student must have the dense layout (a compact model cannot be pruned again)")
-    logger = logger or NullLogger()
+    logger = logger if logger is not None and env.is_main else NullLogger()
+    eval_fn = eval_fn if env.is_main else None
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
     torch.manual_seed(seed)
     config, t_config = student.config, teacher.config
@@ -362,8 +373,9 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
     with progress_bar(progress, total, start, "prune") as bar:
         for step, epoch, batch in data.iterate(start, total):
             scoring = is_scoring_step(step, total, settings.end)
-            losses = distillation_step(student, teacher, projections, to_device(batch, device), state.masks, settings,
-                                       score=scoring and settings.score_type == "gradient", scaler=scaler, device=device)
+            losses = distillation_step(student, teacher, projections, to_device(shard_batch(batch, env), device),
+                                       state.masks, settings, score=scoring and settings.score_type == "gradient",
+                                       scaler=scaler, device=device, env=env)
             if scoring:
                 step_scores = state.step_scores(losses.gradients)
                 if step_scores is not None:
@@ -372,6 +384,9 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
                     log.warning("step %d: non-finite gradients, scores not updated", step + 1)
             if is_pruning_step(step, total, settings.start, settings.end, settings.frequency):
                 state.prune(step)
+                broadcast([state.masks.qk, state.masks.vo, state.masks.ffn], env)  # a guard: equal scores already give equal masks
+                if on_prune is not None:
+                    on_prune(step, state)
             norm, _ = optimizer_step(student_params, optimizer, scaler, settings.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
@@ -387,7 +402,7 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
                 log_eval(logger, last_eval, step + 1)
                 if step >= last:  # only the final structure competes for "best"
                     best.offer(last_eval, step + 1, {"student": student}, {"pruning": state.state_dict()})
-            if checkpoint_due(step, total, settings.checkpoint_every, work_dir):
+            if env.is_main and checkpoint_due(step, total, settings.checkpoint_every, work_dir):
                 save_checkpoint(work_dir, {"fingerprint": fingerprint, "step": step + 1, "rng": rng_state(),
                                            "last_eval": last_eval, **state_dicts(parts)})
             if bar is not None:
@@ -405,9 +420,10 @@ def prune_model(student: nn.Module, teacher: nn.Module, train_data, settings: Pr
                "structure": structure_summary(state.masks, state.head_size), "steps": total,
                "pruning_window": [first, last], "layer_mapping": [list(p) for p in mapping], "seed": seed,
                "train_seconds": round(time.time() - started, 1), "settings": asdict(settings)}
-    if output_dir is not None:
+    if output_dir is not None and env.is_main:
         save_pruned(output_dir, student, state.masks, state.scores, metrics, tokenizer)
         remove_checkpoints(work_dir)
+    barrier(env)
     return PruneResult(student, state.masks, state.scores, metrics)
 
 
@@ -441,7 +457,7 @@ def prepare_student(settings: PruneSettings, teacher: nn.Module, base_model: str
 def prune_with_distillation(teacher_dir, base_model: str | None, task, settings: PruneSettings, *, density: float,
                             seed: int = 0, output_dir=None, data_dir=None, logger: StepLogger | None = None,
                             device: str = "cpu", progress: bool = False, work_dir=None,
-                            variant: str | None = None) -> dict:
+                            variant: str | None = None, env: DistEnv = SINGLE) -> dict:
     """The ``prune`` stage: distil the teacher in ``teacher_dir`` into a student pruned to ``density``.
 
     Writes the pruned directory to ``output_dir`` (atomically) when given; returns its metrics.
@@ -456,6 +472,6 @@ def prune_with_distillation(teacher_dir, base_model: str | None, task, settings:
     train_data, eval_fn = task_data(task, tokenizer, settings, seed, data_dir)
     metadata = {"task": task.name, "variant": variant, "base_model": str(base_model)}
     result = prune_model(student, teacher, train_data, settings, density, eval_fn=eval_fn, output_dir=output_dir,
-                         work_dir=work_dir, seed=seed, logger=logger, device=device, progress=progress,
-                         tokenizer=tokenizer, metadata=metadata)
+                         work_dir=work_dir, seed=seed, logger=logger, device=device,
+                         progress=progress and env.is_main, tokenizer=tokenizer, metadata=metadata, env=env)
     return result.metrics

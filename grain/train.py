@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from grain.checkpoint import atomic_directory, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint, set_rng_state
+from grain.distributed import SINGLE, DistEnv, average_gradients, barrier, shard_batch
 from grain.errors import GrainError
 from grain.loggers import NullLogger, StepLogger
 from grain.optim import build_optimizer, build_scheduler
@@ -323,7 +324,7 @@ class TrainResult:
 def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval_fn: EvalFn | None = None,
                   output_dir: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None,
                   seed: int = 0, logger: StepLogger | None = None, device: str = "cpu", progress: bool = False,
-                  tokenizer=None) -> TrainResult:
+                  tokenizer=None, env: DistEnv = SINGLE) -> TrainResult:
     """Fine-tune a dense model on the task's own labels (AdamW, linear warm-up then decay).
 
     Args:
@@ -340,8 +341,12 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
         device: "cpu" or "cuda".
         progress: show a progress bar.
         tokenizer: saved into ``output_dir`` when given.
+        env: this process's place in a data-parallel run (grain.distributed): each rank takes its
+            slice of every global batch, gradients are averaged over ranks, and only rank 0 logs,
+            evaluates, checkpoints and saves.
     """
-    logger = logger or NullLogger()
+    logger = logger if logger is not None and env.is_main else NullLogger()
+    eval_fn = eval_fn if env.is_main else None
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
     torch.manual_seed(seed)
     model.to(device).train()
@@ -363,10 +368,11 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
     last_eval = best.metrics
     with progress_bar(progress, total, start, "teacher") as bar:
         for step, epoch, batch in data.iterate(start, total):
-            batch = to_device(batch, device)
+            batch = to_device(shard_batch(batch, env), device)
             with autocast(settings.precision, device):
                 loss = model(**batch).loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            average_gradients(params, env)
             norm, _ = optimizer_step(params, optimizer, scaler, settings.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
@@ -379,7 +385,7 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
                 model.train()
                 log_eval(logger, last_eval, step + 1)
                 best.offer(last_eval, step + 1, {"model": model})
-            if checkpoint_due(step, total, settings.checkpoint_every, work_dir):
+            if env.is_main and checkpoint_due(step, total, settings.checkpoint_every, work_dir):
                 save_checkpoint(work_dir, {"fingerprint": fingerprint, "step": step + 1, "rng": rng_state(),
                                            **state_dicts(parts)})
             if bar is not None:
@@ -393,13 +399,14 @@ def fit_teacher(model: nn.Module, train_data, settings: TeacherSettings, *, eval
     metrics = {"dev": final, "kept": settings.keep, "kept_step": best.step if settings.keep == "best" else total,
                "steps": total, "seed": seed, "train_seconds": round(time.time() - started, 1),
                "settings": asdict(settings)}
-    if output_dir is not None:
+    if output_dir is not None and env.is_main:
         with atomic_directory(output_dir) as tmp:
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json(tmp / "metrics.json", metrics)
         remove_checkpoints(work_dir)
+    barrier(env)
     return TrainResult(model, metrics)
 
 
@@ -428,7 +435,7 @@ def task_data(task, tokenizer, settings, seed: int, data_dir=None):
 
 def train_teacher(base_model: str, task, settings: TeacherSettings, *, output_dir=None, data_dir=None, seed: int = 0,
                   logger: StepLogger | None = None, device: str = "cpu", progress: bool = False,
-                  work_dir=None) -> dict:
+                  work_dir=None, env: DistEnv = SINGLE) -> dict:
     """The ``teacher`` stage: fine-tune ``base_model`` on ``task`` (a name or a Task).
 
     Writes the model, tokenizer and metrics.json to ``output_dir`` (atomically) when given and
@@ -443,5 +450,6 @@ def train_teacher(base_model: str, task, settings: TeacherSettings, *, output_di
     model = from_pretrained(base_model, task=task.head, num_labels=task.num_labels)
     train_data, eval_fn = task_data(task, tokenizer, settings, seed, data_dir)
     result = fit_teacher(model, train_data, settings, eval_fn=eval_fn, output_dir=output_dir, work_dir=work_dir,
-                         seed=seed, logger=logger, device=device, progress=progress, tokenizer=tokenizer)
+                         seed=seed, logger=logger, device=device, progress=progress and env.is_main,
+                         tokenizer=tokenizer, env=env)
     return result.metrics
