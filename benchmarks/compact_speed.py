@@ -58,13 +58,16 @@ def check_equal(models: dict[str, GrainModel], inputs: dict) -> float:
 
 
 def table(title: str, report: dict) -> str:
-    lines = [title, f"{'model':<16}{'p50 ms':>9}{'mean ms':>9}{'p90 ms':>9}{'speed-up':>10}{'MAC ratio':>11}"
-                    f"{'reached':>9}{'vs uniform':>12}"]
+    lines = [title, f"rounds kept {report['models']['teacher']['runs']}, dropped as disturbed {report['dropped_rounds']}",
+             f"{'model':<10}{'p50 ms':>9}{'mean ms':>9}{'p90 ms':>9}{'speed-up':>10}{'paired':>8}{'MAC ratio':>11}"
+             f"{'reached':>9}{'vs uniform':>12}{'cpu use':>9}"]
     uniform = report["models"].get("uniform", {}).get("p50_ms")
     for name, m in report["models"].items():
         vs_uniform = f"{m['p50_ms'] / uniform:.2f}x" if uniform and name != "teacher" else ""
-        lines.append(f"{name:<16}{m['p50_ms']:>9.1f}{m['mean_ms']:>9.1f}{m['p90_ms']:>9.1f}{m['speedup']:>9.2f}x"
-                     f"{m.get('flop_ratio', 1.0):>10.1f}x{100 * m.get('flop_efficiency', 1.0):>8.0f}%{vs_uniform:>12}")
+        use = f"{m['cpu_utilisation']:.2f}" if m.get("cpu_utilisation") is not None else ""
+        lines.append(f"{name:<10}{m['p50_ms']:>9.1f}{m['mean_ms']:>9.1f}{m['p90_ms']:>9.1f}{m['speedup']:>9.2f}x"
+                     f"{m['speedup_paired']:>7.2f}x{m.get('flop_ratio', 1.0):>10.1f}x"
+                     f"{100 * m.get('flop_efficiency', 1.0):>8.0f}%{vs_uniform:>12}{use:>9}")
     return "\n".join(lines)
 
 
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--alternatives", action="store_true", help="also time the execution schemes we did not choose")
+    parser.add_argument("--min-utilisation", type=float, default=0.8,
+                        help="drop rounds disturbed by other processes (CPU time / (wall x threads) below this; 0: keep all)")
+    parser.add_argument("--max-rounds", type=int, default=200, help="give up after this many rounds")
     parser.add_argument("--json", help="also write every report to this file")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_macs = flops(teacher.config, args.batch, args.length)["total"]
     reports = {}
     print(f"torch {torch.__version__}, {args.threads} threads, {args.device}, {args.dtype}, batch {args.batch} x "
-          f"length {args.length}, medians of {args.repeats} interleaved runs after {args.warmup} warm-up runs")
+          f"length {args.length}, medians of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds; "
+          f"speed-up = teacher p50 / model p50, paired = median of per-round ratios")
     for alpha in args.alphas:
         models = {k: m.to(args.device, dtype) for k, m in structure_models(args.task, alpha, args).items()}
         config = models["grain"].config
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         macs = flops(config, args.batch, args.length)
         diff = check_equal(models, inputs)
         report = compare({"teacher": teacher, **models}, inputs, "teacher", "grain", args.warmup, args.repeats,
-                         args.threads)
+                         args.threads, args.min_utilisation or None, args.max_rounds)
         reports[f"{args.task}-alpha{alpha}"] = report
         title = (f"\n{args.task} alpha {alpha}: {heads} heads, {sum(map(sum, config.qk_sizes)) / heads:.1f} query / "
                  f"{sum(map(sum, config.vo_sizes)) / heads:.1f} value units per head, "

@@ -46,7 +46,7 @@ def build(model_name: str):
 def main(argv=None) -> dict:
     from grain.distill import HiddenProjections, parse_layer_mapping
     from grain.optim import build_optimizer, build_scheduler
-    from grain.prune import PruneSettings, PruningState, distillation_step
+    from grain.prune import PruneSettings, PruningState, distillation_step, variant_settings
     from grain.train import optimizer_step
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=10, help="timed pairs")
     parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--variant", default="grain", help="a grain.prune.VARIANTS name (e.g. no-gradsep)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
 
     student, teacher = build(args.model)
     config = student.config
-    settings = PruneSettings(precision=args.precision)
+    settings = variant_settings(args.variant, PruneSettings(precision=args.precision))
     mapping = parse_layer_mapping("auto", config.num_hidden_layers, teacher.config.num_hidden_layers)
     projections = HiddenProjections(mapping, config.hidden_size, teacher.config.hidden_size).to(args.device)
     student.to(args.device).train()
@@ -124,7 +125,8 @@ def main(argv=None) -> dict:
             if i >= args.warmup:
                 sink.append(seconds)
     result = {
-        "model": args.model, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
+        "model": args.model, "variant": args.variant, "device": args.device, "precision": args.precision,
+        "batch_size": args.batch_size,
         "seq_len": args.seq_len, "repeats": args.repeats, "threads": torch.get_num_threads(), "clock": args.clock,
         "plain_median_s": statistics.median(plain), "pruning_median_s": statistics.median(pruning),
         "ratio": statistics.median(pruning) / statistics.median(plain),
@@ -134,7 +136,7 @@ def main(argv=None) -> dict:
     print(f"{'step':<22}{'median s':>10}")
     print(f"{'plain distillation':<22}{result['plain_median_s']:>10.3f}")
     print(f"{'pruning (GS+scores)':<22}{result['pruning_median_s']:>10.3f}")
-    print(f"ratio pruning / plain: {result['ratio']:.3f}  ({args.model}, {args.device}, {args.precision}, "
+    print(f"ratio pruning / plain: {result['ratio']:.3f}  ({args.model}, {args.variant}, {args.device}, {args.precision}, "
           f"batch {args.batch_size} x {args.seq_len}, {args.repeats} pairs, {args.clock} clock, "
           f"{torch.get_num_threads()} threads)")
     if args.json:

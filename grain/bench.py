@@ -11,6 +11,9 @@ Inputs: random token ids at a fixed shape (the paper's batch 128 x length 512 on
 CPU by default) or real dev examples of a task. `table6_sizes` builds per-head structures whose
 totals match the paper's Table 6 (spec §10.5), for benchmarks without a pruned model.
 
+On a shared CPU, `min_utilisation` drops timing rounds in which other processes took the cores
+(process CPU time / (wall time x threads) too low) and runs new ones; reports say how many.
+
 MACs (multiply-accumulates) count what a model's encoder computes: projections, each head's scores
 (B T^2 a) and context (B T^2 b) at its own sizes, FFN; padding counts what an execution plan adds.
 """
@@ -68,6 +71,8 @@ class BenchSettings:
         dtype: "float32", or "bfloat16" (every model converted, teacher included).
         uniform_reference: also time the uniform model with the compact model's parameter count.
         seed: seed of the random token ids and of the reference's weights.
+        min_utilisation: on CPU, drop and rerun timing rounds in which a run got less than this share
+            of its threads' CPU time (other processes were running); None keeps every round.
     """
 
     inputs: Literal["random", "dev"] = "random"
@@ -79,6 +84,7 @@ class BenchSettings:
     dtype: Literal["float32", "bfloat16"] = "float32"
     uniform_reference: bool = True
     seed: int = 0
+    min_utilisation: float | None = None
 
     def __post_init__(self) -> None:
         if self.inputs not in ("random", "dev"):
@@ -221,13 +227,18 @@ def _padding(plan, qk: list[int], vo: list[int], N: int, D: int, squares: int) -
 # --- inputs --------------------------------------------------------------------------------------
 
 
+def _check_shape(config: GrainConfig, batch: int, length: int) -> None:
+    if batch < 1 or length < 1:
+        raise GrainError(f"input shape must be positive, got batch {batch} x length {length}")
+    positions = config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+    if length > positions:
+        raise GrainError(f"length {length} exceeds the model's {positions} positions; lower seq_length")
+
+
 def random_inputs(config: GrainConfig, batch: int, length: int, seed: int = 0,
                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Random token ids of shape (batch, length), no padding (the paper's latency inputs, spec §8.2)."""
-    if batch < 1 or length < 1:
-        raise GrainError(f"input shape must be positive, got batch {batch} x length {length}")
-    if length > config.max_position_embeddings:
-        raise GrainError(f"length {length} exceeds the model's {config.max_position_embeddings} positions")
+    _check_shape(config, batch, length)
     g = torch.Generator().manual_seed(seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     low = pad + 2 if pad + 2 < config.vocab_size else 0  # keep clear of the padding (and RoBERTa's <s>) ids
@@ -257,8 +268,12 @@ def dev_inputs(task: str, tokenizer: Any, batch: int, length: int, data_dir: str
 # --- timing --------------------------------------------------------------------------------------
 
 
-def _clock(device: torch.device) -> Callable[[Callable[[], Any]], float]:
-    """A function that runs `fn` once and returns its duration in milliseconds."""
+def _clock(device: torch.device, threads: int) -> Callable[[Callable[[], Any]], tuple[float, float | None]]:
+    """A function that runs `fn` once: (milliseconds, CPU utilisation or None on GPU).
+
+    CPU utilisation is process CPU time / (wall time x threads): close to 1 when the run had the
+    cores to itself, well below when other processes took them (a shared machine).
+    """
     if device.type == "cuda":
         def run(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -267,13 +282,14 @@ def _clock(device: torch.device) -> Callable[[Callable[[], Any]], float]:
             fn()
             end.record()
             torch.cuda.synchronize(device)
-            return start.elapsed_time(end)
+            return start.elapsed_time(end), None
         return run
 
     def run(fn):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        return (time.perf_counter() - start) * 1000.0
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall * 1000.0, cpu / max(wall * threads, 1e-9)
     return run
 
 
@@ -289,26 +305,51 @@ def fixed_threads(threads: int | None):
         torch.set_num_threads(old)
 
 
+@dataclass
+class Timings:
+    """Per model: milliseconds of each kept run and its CPU utilisation (None on GPU)."""
+
+    ms: dict[str, list[float]]
+    utilisation: dict[str, list[float | None]]
+    dropped_rounds: int = 0
+
+
 def time_models(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], warmup: int = 3,
-                repeats: int = 10) -> dict[str, list[float]]:
-    """Milliseconds per forward of every model, interleaved run by run on the same inputs.
+                repeats: int = 10, min_utilisation: float | None = None, max_rounds: int | None = None) -> Timings:
+    """Time every model on the same inputs, interleaved, in eval and inference mode.
 
     Each round times every model once, in an order that rotates from round to round, so slow phases
-    of a shared machine fall on all models alike.
+    of a shared machine fall on all models alike. With `min_utilisation` (CPU), a round in which any
+    run got less than that share of its threads' CPU time was disturbed by other processes: it is
+    dropped and another round runs, until `repeats` rounds are kept or `max_rounds` (default
+    10 x repeats) have run.
     """
     device = next(iter(inputs.values())).device
-    clock = _clock(device)
+    clock = _clock(device, torch.get_num_threads())
     names = list(models)
     calls = {name: _forward(models[name], inputs) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
+    out = Timings({name: [] for name in names}, {name: [] for name in names})
+    max_rounds = max_rounds or 10 * repeats
     with torch.inference_mode():
         for _ in range(warmup):
             for name in names:
                 calls[name]()
-        for r in range(repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                times[name].append(clock(calls[name]))
-    return times
+        for r in range(max_rounds if min_utilisation else repeats):
+            if len(out.ms[names[0]]) == repeats:
+                break
+            order = names[r % len(names):] + names[:r % len(names)]
+            runs = {name: clock(calls[name]) for name in order}
+            if min_utilisation and any(u is not None and u < min_utilisation for _, u in runs.values()):
+                out.dropped_rounds += 1
+                log.info("timing round %d dropped: other processes took the CPU", r)
+                continue
+            for name, (ms, utilisation) in runs.items():
+                out.ms[name].append(ms)
+                out.utilisation[name].append(utilisation)
+    if not out.ms[names[0]]:
+        raise GrainError(f"all {max_rounds} timing rounds were disturbed by other processes (CPU utilisation "
+                         f"below {min_utilisation}); retry on a quieter machine or lower min_utilisation")
+    return out
 
 
 def _forward(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Callable[[], Any]:
@@ -356,7 +397,8 @@ def _cpu_name() -> str | None:
 
 
 def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], reference: str = "teacher",
-            subject: str | None = None, warmup: int = 3, repeats: int = 10, threads: int | None = None) -> dict:
+            subject: str | None = None, warmup: int = 3, repeats: int = 10, threads: int | None = None,
+            min_utilisation: float | None = None, max_rounds: int | None = None) -> dict:
     """Time `models` side by side and relate each to `reference` (speed-up) and to its MACs.
 
     Args:
@@ -366,23 +408,29 @@ def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor],
         subject: the model the report's top-level numbers describe (default: the first model that is
             not the reference); "uniform", when present, prices its non-uniform heads.
         threads: CPU intra-op threads for the run (recorded).
+        min_utilisation, max_rounds: drop timing rounds disturbed by other processes (see `time_models`).
 
     Returns:
         A JSON-ready report: environment, shape, per-model latency summary, MACs, parameter count,
-        speed-up and FLOP ratio against the reference, and the subject's numbers at the top level.
+        speed-up (ratio of medians; `speedup_paired`: median of the per-round ratios) and FLOP ratio
+        against the reference, and the subject's numbers at the top level.
     """
     if reference not in models:
         raise GrainError(f"reference model {reference!r} is not among {', '.join(models)}")
     ids = inputs["input_ids"]
     batch, length = ids.shape
     with fixed_threads(threads) as used:
-        times = time_models(models, inputs, warmup, repeats)
+        timings = time_models(models, inputs, warmup, repeats, min_utilisation, max_rounds)
     report: dict[str, Any] = {**environment(ids.device, used), "batch_size": batch, "seq_length": length,
                               "padding_fraction": 1.0 - float(inputs["attention_mask"].float().mean())
                               if "attention_mask" in inputs else 0.0,
-                              "warmup": warmup, "repeats": repeats, "reference": reference, "models": {}}
+                              "warmup": warmup, "repeats": repeats, "dropped_rounds": timings.dropped_rounds,
+                              "reference": reference, "models": {}}
     for name, model in models.items():
-        entry = summary(times[name])
+        entry = summary(timings.ms[name])
+        utilisation = [u for u in timings.utilisation[name] if u is not None]
+        entry["cpu_utilisation"] = statistics.median(utilisation) if utilisation else None
+        entry["speedup_paired"] = statistics.median(r / m for r, m in zip(timings.ms[reference], timings.ms[name]))
         config = getattr(model, "config", None)
         if isinstance(config, GrainConfig):
             entry.update(macs=flops(config, batch, length)["total"], encoder_parameters=encoder_parameters(config),
@@ -447,13 +495,15 @@ def bench_stage(compact_dir: str | Path, teacher_dir: str | Path, settings: Benc
         models["uniform"] = uniform_reference(models["compact"], settings.seed)
     models = {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
     batch, length = settings.shape(device)
+    _check_shape(models["compact"].config, batch, length)
     if settings.inputs == "dev":
         if task is None:
             raise GrainError("inputs: dev needs a task (grain bench --task NAME)")
         inputs = dev_inputs(task, load_tokenizer(compact_dir), batch, length, data_dir, device)
     else:
         inputs = random_inputs(models["compact"].config, batch, length, settings.seed, device)
-    report = compare(models, inputs, "teacher", "compact", settings.warmup, settings.repeats, settings.threads)
+    report = compare(models, inputs, "teacher", "compact", settings.warmup, settings.repeats, settings.threads,
+                     settings.min_utilisation)
     report.update(inputs=settings.inputs, dtype=settings.dtype)
     log.info("compact p50 %.1f ms, teacher p50 %.1f ms: %.2fx (FLOP ratio %.1fx)", report["p50_ms"],
              report["models"]["teacher"]["p50_ms"], report["speedup"], report["flop_ratio"] or float("nan"))

@@ -376,9 +376,10 @@ class GrainSelfAttention(_DerivedWeights):
     """Multi-head attention whose heads have their own query/key and value/output sizes.
 
     A head with no query/key units has all-zero scores and so attends uniformly over non-pad tokens
-    (spec §7). attention_impl "auto"/"grouped" runs one scaled_dot_product_attention per head width
-    (see `attention_plan`), "padded" one call over all heads padded to the widest, "loop" the paper's
-    code: separate Q/K/V projections, then one head at a time (spec §8.1).
+    (spec §7). attention_impl "auto"/"grouped" runs one scaled_dot_product_attention per distinct head
+    size on windows of one fused projection (see `attention_plan`), "padded" one call over all heads
+    padded to the widest, "loop" the paper's code: separate Q/K/V projections, then one head at a time
+    (spec §8.1).
     """
 
     def __init__(self, config: GrainConfig, layer_idx: int):

@@ -34,8 +34,8 @@ PARAMS_FILE = "params.yaml"
 PROFILES_DIR = Path("workflow") / "params"
 RESULTS_ROOT = "results"
 
-# The settings classes other modules own: section name -> (module, class). They are imported when a
-# params file is loaded, so a typo is caught before any stage runs.
+# The settings classes other modules own: section name -> (module, class). Every params file is
+# checked against them when it is loaded, so a typo stops every stage before any work.
 SETTINGS_CLASSES: dict[str, tuple[str, str]] = {
     "teacher": ("grain.train", "TeacherSettings"),
     "prune": ("grain.prune", "PruneSettings"),
@@ -382,20 +382,7 @@ class Params:
 def settings_class(section: str) -> type:
     """The settings dataclass another module owns, e.g. `grain.prune.PruneSettings`."""
     module_name, class_name = SETTINGS_CLASSES[section]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise GrainError(f"{section}: {module_name} is not available in this build") from None
-    return getattr(module, class_name)
-
-
-def _settings_class_or_none(section: str) -> type | None:
-    try:
-        return settings_class(section)
-    except GrainError:
-        return None
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _variants() -> Mapping[str, Mapping[str, Any]]:
@@ -420,10 +407,8 @@ def params_from_mapping(data: Any, source: str = PARAMS_FILE) -> Params:
     try:
         _check_decimal_densities(data)
         params = build(Params, data)
-        for section in ("teacher", "prune", "bench"):
-            cls = _settings_class_or_none(section)
-            if cls is not None:
-                build(cls, getattr(params, section), section)
+        for section in SETTINGS_CLASSES:
+            build(settings_class(section), getattr(params, section), section)
         _check_overrides(params)
         _check_names(params)
     except GrainError as error:
@@ -450,21 +435,14 @@ def _check_overrides(params: Params) -> None:
             if section == "evaluate":
                 build(EvaluateParams, {**plain(params.evaluate), **values}, path)
                 continue
-            cls = _settings_class_or_none(section)
-            if cls is not None:
-                build(cls, {**getattr(params, section), **values}, path)
+            build(settings_class(section), {**getattr(params, section), **values}, path)
 
 
 def _check_names(params: Params) -> None:
-    """Variant names must be known to `grain.prune` (when it is there) or defined under `variants:`."""
-    try:
-        variants = {**_variants(), **params.variants}
-    except ImportError:
-        return
-    cls = _settings_class_or_none("prune")
+    """Variant names must be known to `grain.prune` or defined under `variants:`."""
+    variants = {**_variants(), **params.variants}
     for name, values in params.variants.items():
-        if cls is not None:
-            build(cls, {**params.prune, **values}, f"variants.{name}")
+        build(settings_class("prune"), {**params.prune, **values}, f"variants.{name}")
     for i, variant in enumerate(params.grid.variants):
         if variant not in variants:
             raise GrainError(

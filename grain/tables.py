@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +161,11 @@ def _same(a: pd.Series, b: float | None) -> pd.Series:
     return (a - b).abs() < 1e-9
 
 
-def score_column(label: str, task: str, metric: str = "main") -> paper.Column:
-    return paper.Column(label, task, metric)
-
-
 def extra_columns(runs: Runs) -> list[paper.Column]:
     """Columns for the tasks we ran that the paper does not report (their main score)."""
     known = {c.task for c in paper.COLUMNS}
     tasks = sorted(set(runs.scores["task"]) - known)
-    return [score_column(task, task) for task in tasks]
+    return [paper.Column(task, task, "main") for task in tasks]
 
 
 def ours(runs: Runs, column: paper.Column, family: str, variant: str, density: float | None) -> dict[str, float]:
@@ -315,7 +311,7 @@ def _mean(group: pd.DataFrame, key: str) -> float:
 
 def teacher_main(runs: Runs, family: str, task: str) -> float:
     """The teacher's `main` score."""
-    values = _values(runs, score_column(task, task), family, "teacher", None)
+    values = _values(runs, paper.Column(task, task, "main"), family, "teacher", None)
     return values.mean() if len(values) else math.nan
 
 
@@ -327,14 +323,10 @@ def _runs_at(runs: Runs, family: str, task: str, variant: str, density: float) -
 
 
 def _at(row: paper.Row, density: float) -> paper.Row:
-    from dataclasses import replace
-
     return replace(row, density=density)
 
 
 def _without_ours(row: paper.Row) -> paper.Row:
-    from dataclasses import replace
-
     return replace(row, variant=None)
 
 
@@ -544,10 +536,3 @@ def _write_text(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def read_markdown(out_dir: str | Path, name: str) -> str:
-    path = Path(out_dir) / f"{name}.md"
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
-
-

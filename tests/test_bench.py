@@ -30,7 +30,7 @@ from grain.modeling import GrainConfig, GrainForSequenceClassification, GrainMod
 REPORT_KEYS = {"device", "device_name", "torch", "transformers", "threads", "batch_size", "seq_length", "warmup",
                "repeats", "models", "mean_ms", "p50_ms", "p90_ms", "speedup", "flop_ratio", "uniform_ratio"}
 MODEL_KEYS = {"mean_ms", "p50_ms", "p90_ms", "std_ms", "min_ms", "runs", "macs", "encoder_parameters", "speedup",
-              "flop_ratio", "flop_efficiency", "attention_impl"}
+              "speedup_paired", "flop_ratio", "flop_efficiency", "attention_impl", "cpu_utilisation"}
 
 
 def test_flops_of_bert_base():
@@ -133,10 +133,31 @@ def test_time_models_interleaves_and_restores_eval_mode():
             calls.append((self.name, torch.is_inference_mode_enabled(), self.training))
 
     inputs = {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
-    times = time_models({"a": Probe("a"), "b": Probe("b")}, inputs, warmup=1, repeats=2)
-    assert [len(v) for v in times.values()] == [2, 2]
+    timings = time_models({"a": Probe("a"), "b": Probe("b")}, inputs, warmup=1, repeats=2)
+    assert [len(v) for v in timings.ms.values()] == [2, 2] and timings.dropped_rounds == 0
+    assert all(u is not None and u >= 0 for v in timings.utilisation.values() for u in v)
     assert [c[0] for c in calls] == ["a", "b", "a", "b", "b", "a"]  # warm-up, then rotating order
     assert all(inference and not training for _, inference, training in calls)
+
+
+def test_disturbed_rounds_are_dropped_and_retried(monkeypatch):
+    import grain.bench as bench
+
+    utilisation = iter([0.9, 0.2, 0.9, 0.9, 0.95, 0.9])  # round 1 has a disturbed run
+
+    def fake_clock(device, threads):
+        return lambda fn: (fn(), (1.0, next(utilisation)))[1]
+
+    monkeypatch.setattr(bench, "_clock", fake_clock)
+    model = torch.nn.Module()
+    model.forward = lambda **kw: None
+    timings = time_models({"a": model, "b": model}, {"input_ids": torch.zeros(1, 1)}, warmup=0, repeats=2,
+                          min_utilisation=0.8)
+    assert timings.dropped_rounds == 1 and timings.ms == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    utilisation = iter([0.1] * 4)
+    with pytest.raises(GrainError, match="all 2 timing rounds were disturbed"):
+        time_models({"a": model}, {"input_ids": torch.zeros(1, 1)}, warmup=0, repeats=1, min_utilisation=0.8,
+                    max_rounds=2)
 
 
 def save_pair(tmp_path):
@@ -169,7 +190,7 @@ def test_bad_model_path_and_shapes_are_one_line_errors(tmp_path):
     with pytest.raises(GrainError, match="inputs must be 'random' or 'dev'"):
         BenchSettings(inputs="file")
     with pytest.raises(GrainError, match="inputs: dev needs a task"):
-        bench_stage(compact, teacher, BenchSettings(inputs="dev", batch_size=2, repeats=1))
+        bench_stage(compact, teacher, BenchSettings(inputs="dev", batch_size=2, seq_length=16, repeats=1))
     if not torch.cuda.is_available():
         with pytest.raises(GrainError, match="no CUDA device is available"):
             bench_stage(compact, teacher, BenchSettings(repeats=1), device="cuda")

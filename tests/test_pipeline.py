@@ -168,8 +168,8 @@ def _ran_stages(output: str) -> list[str]:
 
 def _result_files(repo: Path) -> set[str]:
     results = repo / "results"
-    return {str(p.relative_to(results)) for p in results.rglob("*")
-            if p.is_file() and p.name != ".gitignore"}
+    return {str(p.relative_to(results)) for p in results.rglob("*")  # without the orchestrators' markers
+            if p.is_file() and p.name not in (".gitignore", ".snakemake_timestamp")}
 
 
 def _mlflow_runs(uri: str) -> list:
@@ -277,3 +277,14 @@ def test_snakemake_runs_the_same_pipeline(tmp_path, tiny_model, dvc_run):
     plan = sh([str(BIN / "snakemake"), "-n", "--quiet", "rules"], repo).stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.M))
     assert counts == {**{s: "1" for s in STAGES}, "tables": "1", "all": "1", "total": "6"}
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_snakemake_profiles_use_real_options(static_copy, profile):
+    """Every key of a profile is a Snakemake option; the local one also plans the run."""
+    options = set(re.findall(r"--([a-z][a-z0-9-]+)", sh([str(BIN / "snakemake"), "--help"], static_copy).stdout))
+    config = yaml.safe_load((static_copy / "workflow" / "profiles" / profile / "config.yaml").read_text())
+    assert set(config) <= options, set(config) - options
+    if profile == "local":
+        plan = sh([str(BIN / "snakemake"), "--profile", "workflow/profiles/local", "-n"], static_copy)
+        assert "teacher" in plan.stdout
