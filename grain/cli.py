@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,18 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     task = _task(args.task)
     settings = params.teacher_settings(task.name)
     out = params.teacher_dir(task.name)
+    env, device = _distributed(params)
+    train = partial(
+        train_teacher, params.base_model, task, settings, work_dir=_work_dir(out), data_dir=params.data_dir,
+        seed=params.teacher_seed, device=device, progress=True, env=env,
+    )
+    if not env.is_main:  # under torchrun the other ranks train too; rank 0 writes, evaluates and logs
+        train()
+        return
     discard(out)
     with stage_run("teacher", params, {"task": task.name}, settings) as run:
         with atomic_directory(out) as tmp:
-            metrics = train_teacher(
-                params.base_model, task, settings, output_dir=tmp, work_dir=_work_dir(out),
-                data_dir=params.data_dir, seed=params.teacher_seed, logger=run, device=params.device,
-                progress=True,
-            )
+            metrics = train(output_dir=tmp, logger=run)
             model = grain.from_pretrained(tmp, task=task.head, num_labels=task.num_labels)
             metrics["eval"] = evaluate_model(model, tmp, task, params, task.name)
             metrics["params"] = parameter_counts(model.config)
@@ -145,15 +150,20 @@ def cmd_prune(args: argparse.Namespace) -> None:
     teacher = _require_dir(params.teacher_dir(task.name), "teacher", f"teacher --task {task.name}")
     run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     out = run_dir / "pruned"
+    env, device = _distributed(params)
+    prune = partial(
+        prune_with_distillation, teacher, params.base_model, task, settings, density=density, seed=args.seed,
+        work_dir=_work_dir(out), data_dir=params.data_dir, device=device, progress=True, variant=args.variant,
+        env=env,
+    )
+    if not env.is_main:  # see cmd_teacher
+        prune()
+        return
     discard(out, run_dir / "curve.csv")
     tags = run_tags(task.name, args.variant, density, args.seed)
     with stage_run("prune", params, tags, settings) as run:
         with atomic_directory(out) as tmp:
-            metrics = prune_with_distillation(
-                teacher, params.base_model, task, settings, density=density, seed=args.seed, output_dir=tmp,
-                work_dir=_work_dir(out), data_dir=params.data_dir, logger=run, device=params.device,
-                progress=True, variant=args.variant,
-            )
+            metrics = prune(output_dir=tmp, logger=run)
         write_curve(run_dir / "curve.csv", run.history)
         run.log_summary({k: v for k, v in metrics.items() if k not in ("settings", "structure")})
         run.log_dict(metrics.get("structure", {}), "masks_summary.json")
@@ -228,6 +238,14 @@ def evaluate_model(model: Any, model_dir: Path, task: Any, params: Params, task_
 def _model_facts(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A structure summary without its per-layer detail."""
     return {k: v for k, v in summary.items() if k != "layers"}
+
+
+def _distributed(params: Params) -> tuple[Any, str]:
+    """This process's rank layout (one process unless started by torchrun) and its device."""
+    from grain import distributed
+
+    env = distributed.init(params.device)
+    return env, distributed.device_for(env, params.device)
 
 
 def _work_dir(out: Path) -> Path:

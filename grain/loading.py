@@ -294,6 +294,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
         raise GrainError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
                          "save the tokenizer with the model")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        # grain is imported, so its config class is registered: no remote code (and no prompt) needed
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:
         raise GrainError(f"no usable tokenizer in {path} ({type(exc).__name__}); save the tokenizer files with the model") from exc

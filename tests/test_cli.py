@@ -146,3 +146,26 @@ def test_a_corrupt_input_fails_cleanly_and_leaves_no_output(workdir, capsys):
     compact = pruned.parent / "compact"
     assert not compact.exists()
     assert not [p for p in pruned.parent.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_prune_under_torchrun_trains_on_two_ranks_and_writes_once(workdir, capsys):
+    """Data parallel (grain.distributed): both ranks train, rank 0 alone writes and logs."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    pytest.importorskip("grain.distributed")
+    assert run(["teacher", "--task", TASK], capsys)[0] == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "grain.cli", "prune", *RUN],
+                          cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = workdir / "results" / TASK / "grain" / "d0.05" / "s1"
+    assert (run_dir / "pruned" / "masks.safetensors").is_file() and (run_dir / "curve.csv").is_file()
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("grain").experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == ["prune", "teacher"]

@@ -21,7 +21,7 @@ wildcard_constraints:
 _COMMON_CODE = ["grain/__init__.py", "grain/cli.py", "grain/compaction.py", "grain/errors.py", "grain/loading.py",
                 "grain/masks.py", "grain/modeling.py", "grain/params.py"]
 _TASK_CODE = ["grain/batching.py", "grain/data.py", "grain/evaluation.py", "grain/metrics", "grain/tasks"]
-_TRAIN_CODE = ["grain/checkpoint.py", "grain/loggers.py", "grain/optim.py", "grain/train.py"]
+_TRAIN_CODE = ["grain/checkpoint.py", "grain/distributed.py", "grain/loggers.py", "grain/optim.py", "grain/train.py"]
 STAGE_CODE = {
     "teacher": sorted(_COMMON_CODE + _TASK_CODE + _TRAIN_CODE + ["grain/accounting.py"]),
     "prune": sorted(_COMMON_CODE + _TASK_CODE + _TRAIN_CODE + [
