@@ -119,6 +119,8 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     task = _task(args.task)
     settings = params.teacher_settings(task.name)
     out = params.teacher_dir(task.name)
+    if relaunched(params, args):
+        return
     env, device = _distributed(params)
     train = partial(
         train_teacher, params.base_model, task, settings, work_dir=_work_dir(out), data_dir=params.data_dir,
@@ -150,6 +152,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     teacher = _require_dir(params.teacher_dir(task.name), "teacher", f"teacher --task {task.name}")
     run_dir = params.run_dir(task.name, args.variant, density, args.seed)
     out = run_dir / "pruned"
+    if relaunched(params, args):
+        return
     env, device = _distributed(params)
     prune = partial(
         prune_with_distillation, teacher, params.base_model, task, settings, density=density, seed=args.seed,
@@ -238,6 +242,25 @@ def evaluate_model(model: Any, model_dir: Path, task: Any, params: Params, task_
 def _model_facts(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A structure summary without its per-layer detail."""
     return {k: v for k, v in summary.items() if k != "layers"}
+
+
+def relaunched(params: Params, args: argparse.Namespace) -> bool:
+    """With `launcher.nproc_per_node` > 1, run this same command under torch.distributed.run.
+
+    Returns True when the launched ranks have done the stage (this process has nothing left to do),
+    False when this process runs it (one process, or already one rank of a launched group).
+    """
+    import subprocess
+
+    n = params.launcher.nproc_per_node
+    if n <= 1 or "WORLD_SIZE" in os.environ:
+        return False
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           "-m", "grain.cli", *args.argv]
+    log.info("launching %d processes: %s", n, " ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        raise GrainError(f"the {n}-process run failed; its ranks printed why above")
+    return True
 
 
 def _distributed(params: Params) -> tuple[Any, str]:
@@ -454,6 +477,7 @@ def setup_logging(log_file: str | None, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: returns the exit status (2 for a GrainError, 130 for Ctrl-C)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log, args.verbose)
     try:
         args.func(args)

@@ -317,6 +317,21 @@ def format_density(density: float) -> str:
 
 
 @dataclass(frozen=True)
+class LauncherParams:
+    """Data parallelism of the training stages (teacher, prune): processes per node.
+
+    With more than one, the stage starts itself under `torch.distributed.run` (grain.distributed).
+    Like `device`, it changes where a stage runs, not what it computes, so it is no stage param.
+    """
+
+    nproc_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
+            raise GrainError(f"nproc_per_node: must be a whole number >= 1, got {self.nproc_per_node!r}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole `params.yaml`, validated. Stage sections become settings objects on request."""
 
@@ -327,6 +342,7 @@ class Params:
     results_dir: str = RESULTS_ROOT
     teacher_seed: int = 1337
     device: str = "cpu"
+    launcher: LauncherParams = field(default_factory=LauncherParams)
     teacher: Mapping[str, Any] = field(default_factory=dict)
     prune: Mapping[str, Any] = field(default_factory=dict)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)

@@ -169,3 +169,25 @@ def test_prune_under_torchrun_trains_on_two_ranks_and_writes_once(workdir, capsy
     client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("grain").experiment_id])
     assert sorted(r.data.tags["stage"] for r in runs) == ["prune", "teacher"]
+
+
+def test_launcher_reruns_the_stage_under_torch_distributed(monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from grain import cli
+
+    seen = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd: seen.append(cmd) or SimpleNamespace(returncode=0))
+    params = SimpleNamespace(launcher=SimpleNamespace(nproc_per_node=2))
+    args = SimpleNamespace(argv=["prune", "--task", "synth-sst2", "--density", "0.1"], log=None)
+    assert cli.relaunched(params, args) is True
+    assert seen[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "grain.cli",
+                           "prune", "--task", "synth-sst2", "--density", "0.1"]
+    monkeypatch.setattr(subprocess, "run", lambda cmd: SimpleNamespace(returncode=1))
+    with pytest.raises(cli.GrainError, match="the 2-process run failed"):
+        cli.relaunched(params, args)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already a rank of a launched group: run here
+    assert cli.relaunched(params, args) is False
+    assert cli.relaunched(SimpleNamespace(launcher=SimpleNamespace(nproc_per_node=1)), args) is False
