@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-utilisation", type=float, default=0.8,
                         help="drop rounds disturbed by other processes (CPU time / (wall x threads) below this; 0: keep all)")
     parser.add_argument("--max-rounds", type=int, default=200, help="give up after this many rounds")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or process CPU time (with --threads 1 on a shared machine)")
     parser.add_argument("--json", help="also write every report to this file")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_macs = flops(teacher.config, args.batch, args.length)["total"]
     reports = {}
     print(f"torch {torch.__version__}, {args.threads} threads, {args.device}, {args.dtype}, batch {args.batch} x "
-          f"length {args.length}, medians of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds; "
+          f"length {args.length}, {args.clock} clock, medians of {args.repeats} interleaved rounds after {args.warmup} "
+          f"warm-up rounds; "
           f"speed-up = teacher p50 / model p50, paired = median of per-round ratios")
     for alpha in args.alphas:
         models = {k: m.to(args.device, dtype) for k, m in structure_models(args.task, alpha, args).items()}
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         macs = flops(config, args.batch, args.length)
         diff = check_equal(models, inputs)
         report = compare({"teacher": teacher, **models}, inputs, "teacher", "grain", args.warmup, args.repeats,
-                         args.threads, args.min_utilisation or None, args.max_rounds)
+                         args.threads, args.min_utilisation or None, args.max_rounds, args.clock)
         reports[f"{args.task}-alpha{alpha}"] = report
         title = (f"\n{args.task} alpha {alpha}: {heads} heads, {sum(map(sum, config.qk_sizes)) / heads:.1f} query / "
                  f"{sum(map(sum, config.vo_sizes)) / heads:.1f} value units per head, "

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-utilisation", type=float, default=0.8,
                         help="drop rounds disturbed by other processes (CPU time / (wall x threads) below this; 0: keep all)")
     parser.add_argument("--max-rounds", type=int, default=200)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or process CPU time (with --threads 1 on a shared machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -54,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         a = hf(**inputs).last_hidden_state
         b = ours(**inputs, output_hidden_states=False).last_hidden_state
     timings = time_models({"grain": ours, "transformers": HfEncoder(hf)}, inputs, args.warmup, args.repeats,
-                          args.min_utilisation, max_rounds=args.max_rounds)
+                          args.min_utilisation or None, max_rounds=args.max_rounds, clock=args.clock)
     s = {k: summary(v) for k, v in timings.ms.items()}
     paired = sorted(a / b for a, b in zip(timings.ms["grain"], timings.ms["transformers"]))
     print(f"torch {torch.__version__}, transformers {transformers.__version__} ({args.attn}), {args.threads} threads, "
-          f"batch {args.batch} x length {args.length}, {len(paired)} interleaved rounds kept "
+          f"batch {args.batch} x length {args.length}, {args.clock} clock, {len(paired)} interleaved rounds kept "
           f"({timings.dropped_rounds} dropped as disturbed); max |ours - theirs| {float((a - b).abs().max()):.1e}")
     for name, m in s.items():
         print(f"{name:<14} p50 {m['p50_ms']:8.1f} ms  mean {m['mean_ms']:8.1f} ms  p90 {m['p90_ms']:8.1f} ms")

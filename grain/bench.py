@@ -268,11 +268,14 @@ def dev_inputs(task: str, tokenizer: Any, batch: int, length: int, data_dir: str
 # --- timing --------------------------------------------------------------------------------------
 
 
-def _clock(device: torch.device, threads: int) -> Callable[[Callable[[], Any]], tuple[float, float | None]]:
+def _clock(device: torch.device, threads: int, cpu_time: bool = False
+           ) -> Callable[[Callable[[], Any]], tuple[float, float | None]]:
     """A function that runs `fn` once: (milliseconds, CPU utilisation or None on GPU).
 
     CPU utilisation is process CPU time / (wall time x threads): close to 1 when the run had the
-    cores to itself, well below when other processes took them (a shared machine).
+    cores to itself, well below when other processes took them (a shared machine). With `cpu_time`
+    the milliseconds are process CPU time, which on one thread is about the wall time the run would
+    take on an idle machine.
     """
     if device.type == "cuda":
         def run(fn):
@@ -289,7 +292,7 @@ def _clock(device: torch.device, threads: int) -> Callable[[Callable[[], Any]], 
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        return wall * 1000.0, cpu / max(wall * threads, 1e-9)
+        return (cpu if cpu_time else wall) * 1000.0, cpu / max(wall * threads, 1e-9)
     return run
 
 
@@ -315,17 +318,21 @@ class Timings:
 
 
 def time_models(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], warmup: int = 3,
-                repeats: int = 10, min_utilisation: float | None = None, max_rounds: int | None = None) -> Timings:
+                repeats: int = 10, min_utilisation: float | None = None, max_rounds: int | None = None,
+                clock: Literal["wall", "cpu"] = "wall") -> Timings:
     """Time every model on the same inputs, interleaved, in eval and inference mode.
 
     Each round times every model once, in an order that rotates from round to round, so slow phases
     of a shared machine fall on all models alike. With `min_utilisation` (CPU), a round in which any
     run got less than that share of its threads' CPU time was disturbed by other processes: it is
     dropped and another round runs, until `repeats` rounds are kept or `max_rounds` (default
-    10 x repeats) have run.
+    10 x repeats) have run. `clock="cpu"` times process CPU time instead of wall time (CPU only; use
+    it with one thread on a machine other processes share).
     """
     device = next(iter(inputs.values())).device
-    clock = _clock(device, torch.get_num_threads())
+    if clock == "cpu" and device.type != "cpu":
+        raise GrainError("clock 'cpu' times CPU runs only; use clock 'wall' on a GPU")
+    timer = _clock(device, torch.get_num_threads(), clock == "cpu")
     names = list(models)
     calls = {name: _forward(models[name], inputs) for name in names}
     out = Timings({name: [] for name in names}, {name: [] for name in names})
@@ -338,7 +345,7 @@ def time_models(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tens
             if len(out.ms[names[0]]) == repeats:
                 break
             order = names[r % len(names):] + names[:r % len(names)]
-            runs = {name: clock(calls[name]) for name in order}
+            runs = {name: timer(calls[name]) for name in order}
             if min_utilisation and any(u is not None and u < min_utilisation for _, u in runs.values()):
                 out.dropped_rounds += 1
                 log.info("timing round %d dropped: other processes took the CPU", r)
@@ -398,7 +405,8 @@ def _cpu_name() -> str | None:
 
 def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor], reference: str = "teacher",
             subject: str | None = None, warmup: int = 3, repeats: int = 10, threads: int | None = None,
-            min_utilisation: float | None = None, max_rounds: int | None = None) -> dict:
+            min_utilisation: float | None = None, max_rounds: int | None = None,
+            clock: Literal["wall", "cpu"] = "wall") -> dict:
     """Time `models` side by side and relate each to `reference` (speed-up) and to its MACs.
 
     Args:
@@ -409,6 +417,7 @@ def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor],
             not the reference); "uniform", when present, prices its non-uniform heads.
         threads: CPU intra-op threads for the run (recorded).
         min_utilisation, max_rounds: drop timing rounds disturbed by other processes (see `time_models`).
+        clock: "wall" time, or process "cpu" time (see `time_models`).
 
     Returns:
         A JSON-ready report: environment, shape, per-model latency summary, MACs, parameter count,
@@ -420,11 +429,12 @@ def compare(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor],
     ids = inputs["input_ids"]
     batch, length = ids.shape
     with fixed_threads(threads) as used:
-        timings = time_models(models, inputs, warmup, repeats, min_utilisation, max_rounds)
+        timings = time_models(models, inputs, warmup, repeats, min_utilisation, max_rounds, clock)
     report: dict[str, Any] = {**environment(ids.device, used), "batch_size": batch, "seq_length": length,
                               "padding_fraction": 1.0 - float(inputs["attention_mask"].float().mean())
                               if "attention_mask" in inputs else 0.0,
-                              "warmup": warmup, "repeats": repeats, "dropped_rounds": timings.dropped_rounds,
+                              "clock": clock, "warmup": warmup, "repeats": repeats,
+                              "dropped_rounds": timings.dropped_rounds,
                               "reference": reference, "models": {}}
     for name, model in models.items():
         entry = summary(timings.ms[name])

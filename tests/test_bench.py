@@ -145,7 +145,7 @@ def test_disturbed_rounds_are_dropped_and_retried(monkeypatch):
 
     utilisation = iter([0.9, 0.2, 0.9, 0.9, 0.95, 0.9])  # round 1 has a disturbed run
 
-    def fake_clock(device, threads):
+    def fake_clock(device, threads, cpu_time=False):
         return lambda fn: (fn(), (1.0, next(utilisation)))[1]
 
     monkeypatch.setattr(bench, "_clock", fake_clock)
