@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,onnx]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,onnx,cluster]'
 	@touch $(STAMP)
 
 test: setup

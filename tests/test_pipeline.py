@@ -288,3 +288,12 @@ def test_snakemake_profiles_use_real_options(static_copy, profile):
     if profile == "local":
         plan = sh([str(BIN / "snakemake"), "--profile", "workflow/profiles/local", "-n"], static_copy)
         assert "teacher" in plan.stdout
+
+
+def test_snakemake_slurm_profile_dry_runs(static_copy):
+    """The cluster profile lints and plans with the slurm executor plugin (the `cluster` extra)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install the `cluster` extra for the slurm profile")
+    plan = sh([str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm", "-n"], static_copy)
+    assert "This was a dry-run" in plan.stdout and "prune" in plan.stdout
+    lint = sh([str(BIN / "snakemake"), "--lint"], static_copy)
+    assert "Congratulations" in lint.stdout + lint.stderr or lint.returncode == 0
