@@ -11,6 +11,7 @@ import torch
 from conftest import TINY, batch
 
 import grain
+from grain import modeling
 from grain.masks import Masks
 from grain.modeling import GrainConfig, GrainForSequenceClassification, GrainModel, attention_plan
 
@@ -23,6 +24,7 @@ STRUCTURES = {
     "all-value-only": dict(qk_sizes=[[0, 0], [0]], vo_sizes=[[5, 1], [8]], ffn_sizes=[37, 4]),
     "uniform": dict(qk_sizes=[[6, 6], [6, 6]], vo_sizes=[[6, 6], [6, 6]], ffn_sizes=[12, 12]),
     "wide-ffn": dict(qk_sizes=[[8, 8, 8, 8], [3]], vo_sizes=[[8, 8, 8, 8], [9]], ffn_sizes=[37, 36]),
+    "near-equal": dict(qk_sizes=[[4, 5, 5, 2, 1], [7, 6]], vo_sizes=[[4, 5, 4, 2, 2], [6, 7]], ffn_sizes=[9, 9]),
 }
 SCHEMES = [("auto", None), ("grouped", "width"), ("padded", None)]
 
@@ -133,7 +135,7 @@ def test_a_model_built_in_inference_mode_runs_without_caching():
 
 
 def test_grouped_plan_runs_exact_sizes_on_strided_windows():
-    plan = attention_plan([8, 3, 0, 5, 2, 3], [2, 8, 4, 5, 0, 8], "grouped")
+    plan = attention_plan([8, 3, 0, 5, 2, 3], [2, 8, 4, 5, 0, 8], "grouped", call_cost=0)  # never merge
     A, V = 21, 27
     zero = 2 * A + V
     # head 4 has no value units: left out; head 2 has no query/key units: uniform attention
@@ -155,6 +157,17 @@ def test_grouped_plan_runs_exact_sizes_on_strided_windows():
         for at, step in zip(g.at, g.step):
             assert at + (len(g.heads) - 1) * step + g.width <= len(plan.rows)
     assert not plan.identity
+
+
+def test_grouped_plan_merges_heads_of_similar_size_when_a_call_costs_more():
+    sizes = ([4, 5, 5, 12], [4, 5, 4, 3])
+    plan = attention_plan(*sizes, "grouped", call_cost=8)
+    wide, merged = plan.groups  # the call whose v windows run past its values comes first
+    assert wide.heads == (3,) and wide.step == (12, 12, 3)  # too far from the others: its own call
+    assert merged.heads == (0, 2, 1) and (merged.width, merged.step, merged.keep) == (5, (5, 5, 5), 5)
+    V = 16
+    assert plan.columns == (13, 14, 15, 0, 1, 2, 3, V, 9, 10, 11, 12, V, 4, 5, 6, 7, 8)  # zero W_O columns
+    assert len(attention_plan(*sizes, "grouped", call_cost=0).groups) == 4
 
 
 def test_width_plan_pads_every_head_to_its_group_width():
@@ -220,3 +233,22 @@ def test_random_structures_equal_the_loop(seed):
     ids, mask = batch()
     with torch.inference_mode():
         assert_outputs_close(model(ids, mask), loop(ids, mask))
+
+
+@pytest.mark.skipif(not modeling.ONEDNN, reason="this torch build has no oneDNN (mkldnn) CPU kernels")
+@pytest.mark.parametrize("act", ["gelu", "relu", "gelu_new"])
+def test_onednn_projections_equal_blas(monkeypatch, act):
+    """Narrow CPU projections run through oneDNN with prepacked, cached weights (GELU and ReLU fused);
+    they compute what F.linear computes."""
+    sizes = dict(STRUCTURES["wide-ffn"], hidden_act=act)
+    torch.manual_seed(0)
+    model = GrainForSequenceClassification(GrainConfig(**TINY, **sizes)).eval()
+    ids, mask = batch()
+    with torch.inference_mode():
+        fast = model(ids, mask)
+        layer = model.grain.encoder.layer[0]
+        packed = [k for k in layer._derived if k.endswith(":onednn")]
+        assert packed == (["w1:onednn"] if act in modeling.ONEDNN_ACTIVATIONS else [])
+        assert any(k.endswith(":onednn") for k in layer.attention.self._derived)  # fused Q/K/V, packed
+        monkeypatch.setattr(modeling, "ONEDNN", False)
+        assert_outputs_close(fast, model(ids, mask))
