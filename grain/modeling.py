@@ -367,6 +367,12 @@ ONEDNN_MAX_WIDTH = 512
 ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
 
 
+# A narrow FFN carries b2 inside its output GEMM through one extra unit whose activation is exactly
+# BIAS_UNIT for these activations (GELU and ReLU of 8 are 8 in float32 and bfloat16).
+BIAS_UNIT = 8.0
+BIAS_UNIT_ACTIVATIONS = ("gelu", "relu")
+
+
 def _onednn_available() -> bool:
     try:
         return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._linear_pointwise is not None
@@ -652,11 +658,21 @@ class GrainLayer(_DerivedWeights):
                 h = h * ffn_mask.to(h.dtype)
             return norm(x + self.dropout(w2(h)))
         x2, w1 = x.reshape(-1, x.shape[-1]), self.intermediate.dense
-        h = self.linear("w1", x2, [w1.weight, w1.bias], w1.weight, w1.bias, self.act_name, self.act)  # (N, F)
+        sources = [w1.weight, w1.bias, w2.weight, w2.bias]
         if not _narrow(self.ffn_size, x.shape[-1]):  # (W2 h + b2) + x, in transformers' order
+            h = self.linear("w1", x2, sources[:2], w1.weight, w1.bias, self.act_name, self.act)  # (N, F)
             return norm(w2(h).add_(x2).view_as(x))
-        h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
-        weight = self.derived("w2", [w2.weight, w2.bias], lambda: torch.cat([w2.weight, w2.bias[:, None]], 1))
+        if self.act_name in BIAS_UNIT_ACTIVATIONS:
+            # one more FFN unit with zero weights and bias 8: act(8) == 8 exactly, and b2 / 8 as its
+            # output weights brings back b2 exactly (powers of two scale exactly) inside the GEMM
+            w1x, b1x = self.derived("w1x", sources, lambda: (F.pad(w1.weight, (0, 0, 0, 1)),
+                                                             F.pad(w1.bias, (0, 1), value=BIAS_UNIT)))
+            h = self.linear("w1x", x2, sources, w1x, b1x, self.act_name, self.act)  # (N, F + 1)
+            weight = self.derived("w2x", sources, lambda: torch.cat([w2.weight, w2.bias[:, None] / BIAS_UNIT], 1))
+        else:
+            h = self.linear("w1", x2, sources[:2], w1.weight, w1.bias, self.act_name, self.act)  # (N, F)
+            h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
+            weight = self.derived("w2", sources, lambda: torch.cat([w2.weight, w2.bias[:, None]], 1))
         return norm(x2.addmm_(h, weight.t()).view_as(x))  # x is the attention block's fresh output: ours
 
 

@@ -236,19 +236,24 @@ def test_random_structures_equal_the_loop(seed):
 
 
 @pytest.mark.skipif(not modeling.ONEDNN, reason="this torch build has no oneDNN (mkldnn) CPU kernels")
-@pytest.mark.parametrize("act", ["gelu", "relu", "gelu_new"])
-def test_onednn_projections_equal_blas(monkeypatch, act):
+@pytest.mark.parametrize("act", ["gelu", "relu", "gelu_new", "silu"])
+@pytest.mark.parametrize("ffn", [[37, 36], [5, 0]])
+def test_onednn_projections_equal_blas(monkeypatch, act, ffn):
     """Narrow CPU projections run through oneDNN with prepacked, cached weights (GELU and ReLU fused);
-    they compute what F.linear computes."""
-    sizes = dict(STRUCTURES["wide-ffn"], hidden_act=act)
+    they compute what F.linear computes. A narrow FFN (5 units) carries its output bias as one more
+    unit whose activation is exactly 8 (GELU, ReLU) or as a column of ones (other activations)."""
+    sizes = dict(STRUCTURES["wide-ffn"], ffn_sizes=ffn, hidden_act=act)
     torch.manual_seed(0)
     model = GrainForSequenceClassification(GrainConfig(**TINY, **sizes)).eval()
     ids, mask = batch()
     with torch.inference_mode():
         fast = model(ids, mask)
         layer = model.grain.encoder.layer[0]
+        name = "w1x" if ffn[0] == 5 and act in modeling.BIAS_UNIT_ACTIVATIONS else "w1"
         packed = [k for k in layer._derived if k.endswith(":onednn")]
-        assert packed == (["w1:onednn"] if act in modeling.ONEDNN_ACTIVATIONS else [])
+        assert packed == ([f"{name}:onednn"] if act in modeling.ONEDNN_ACTIVATIONS else [])
         assert any(k.endswith(":onednn") for k in layer.attention.self._derived)  # fused Q/K/V, packed
         monkeypatch.setattr(modeling, "ONEDNN", False)
-        assert_outputs_close(fast, model(ids, mask))
+        monkeypatch.setattr(modeling, "BIAS_UNIT_ACTIVATIONS", ())
+        slow = model(ids, mask)
+    assert_outputs_close(fast, slow)
