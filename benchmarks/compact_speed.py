@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from grain.bench import compare, flops, model_config, random_inputs, table6_sizes, uniform_sizes
+from grain.bench import compare, flops, format_table, model_config, random_inputs, table6_sizes, uniform_sizes
 from grain.modeling import GrainConfig, GrainModel
 
 
@@ -55,20 +55,6 @@ def check_equal(models: dict[str, GrainModel], inputs: dict) -> float:
         expected = models["loop"](**inputs, output_hidden_states=False).last_hidden_state
         return max(float((m(**inputs, output_hidden_states=False).last_hidden_state - expected).abs().max())
                    for name, m in models.items() if name not in ("loop", "uniform", "teacher"))
-
-
-def table(title: str, report: dict) -> str:
-    lines = [title, f"rounds kept {report['models']['teacher']['runs']}, dropped as disturbed {report['dropped_rounds']}",
-             f"{'model':<10}{'p50 ms':>9}{'mean ms':>9}{'p90 ms':>9}{'speed-up':>10}{'paired':>8}{'MAC ratio':>11}"
-             f"{'reached':>9}{'vs uniform':>12}{'cpu use':>9}"]
-    uniform = report["models"].get("uniform", {}).get("p50_ms")
-    for name, m in report["models"].items():
-        vs_uniform = f"{m['p50_ms'] / uniform:.2f}x" if uniform and name != "teacher" else ""
-        use = f"{m['cpu_utilisation']:.2f}" if m.get("cpu_utilisation") is not None else ""
-        lines.append(f"{name:<10}{m['p50_ms']:>9.1f}{m['mean_ms']:>9.1f}{m['p90_ms']:>9.1f}{m['speedup']:>9.2f}x"
-                     f"{m['speedup_paired']:>7.2f}x{m.get('flop_ratio', 1.0):>10.1f}x"
-                     f"{100 * m.get('flop_efficiency', 1.0):>8.0f}%{vs_uniform:>12}{use:>9}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{dense_macs / macs['total']:.1f}x; padding adds " + ", ".join(
                      f"{100 * macs['padding_' + s] / macs['total']:.1f}% ({s})" for s in ("grouped", "width", "padded"))
                  + f"; max |grain - loop| {diff:.1e}")
-        print(table(title, report))
+        print(format_table(report, title))
         sys.stdout.flush()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -481,12 +481,32 @@ def _seeded(seed: int):
         torch.random.set_rng_state(state)
 
 
-def bench_stage(compact_dir: str | Path, teacher_dir: str | Path, settings: BenchSettings | None = None,
+def format_table(report: dict, title: str | None = None) -> str:
+    """A report of `compare` as a text table: latency, speed-up, MAC ratio and the share of it reached."""
+    lines = [title] if title else []
+    lines += [f"rounds kept {report['models'][report['reference']]['runs']}, dropped as disturbed "
+              f"{report['dropped_rounds']}",
+              f"{'model':<10}{'p50 ms':>9}{'mean ms':>9}{'p90 ms':>9}{'speed-up':>10}{'paired':>8}{'MAC ratio':>11}"
+              f"{'reached':>9}{'vs uniform':>12}{'cpu use':>9}"]
+    uniform = report["models"].get("uniform", {}).get("p50_ms")
+    for name, m in report["models"].items():
+        vs_uniform = f"{m['p50_ms'] / uniform:.2f}x" if uniform and name != report["reference"] else ""
+        use = f"{m['cpu_utilisation']:.2f}" if m.get("cpu_utilisation") is not None else ""
+        ratio = f"{m['flop_ratio']:.1f}x" if "flop_ratio" in m else "-"
+        reached = f"{100 * m['flop_efficiency']:.0f}%" if "flop_efficiency" in m else "-"
+        lines.append(f"{name:<10}{m['p50_ms']:>9.1f}{m['mean_ms']:>9.1f}{m['p90_ms']:>9.1f}{m['speedup']:>9.2f}x"
+                     f"{m['speedup_paired']:>7.2f}x{ratio:>11}{reached:>9}{vs_uniform:>12}{use:>9}")
+    return "\n".join(lines)
+
+
+def bench_stage(compact_dir: str | Path, teacher_dir: str | Path | None, settings: BenchSettings | None = None,
                 task: str | None = None, data_dir: str | None = None, device: str = "cpu") -> dict:
     """The `bench` stage: latency of a compact model directory against its teacher's (latency.json).
 
     Args:
-        compact_dir, teacher_dir: saved model directories (grain or Hugging Face).
+        compact_dir, teacher_dir: saved model directories (grain or Hugging Face), hub ids or "minilm";
+            a path that is not a directory is a one-line error. Without a teacher
+            the compact model is the reference (speed-ups then compare the uniform model to it).
         settings: the `bench:` section of params.yaml.
         task: the task whose dev examples feed `inputs: dev` (required then).
         data_dir: where task data lives (see grain.tasks).
@@ -497,10 +517,9 @@ def bench_stage(compact_dir: str | Path, teacher_dir: str | Path, settings: Benc
     settings = settings or BenchSettings()
     device = _device(device)
     dtype = DTYPES[settings.dtype]
-    for path in (compact_dir, teacher_dir):
-        if not Path(path).is_dir():
-            raise GrainError(f"model directory {path} does not exist; run the stage that makes it or pass a directory")
-    models = {"compact": from_pretrained(compact_dir), "teacher": from_pretrained(teacher_dir)}
+    models = {"compact": from_pretrained(compact_dir)}
+    if teacher_dir is not None:
+        models["teacher"] = from_pretrained(teacher_dir)
     if settings.uniform_reference:
         models["uniform"] = uniform_reference(models["compact"], settings.seed)
     models = {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
@@ -512,11 +531,12 @@ def bench_stage(compact_dir: str | Path, teacher_dir: str | Path, settings: Benc
         inputs = dev_inputs(task, load_tokenizer(compact_dir), batch, length, data_dir, device)
     else:
         inputs = random_inputs(models["compact"].config, batch, length, settings.seed, device)
-    report = compare(models, inputs, "teacher", "compact", settings.warmup, settings.repeats, settings.threads,
+    reference = "teacher" if "teacher" in models else "compact"
+    report = compare(models, inputs, reference, "compact", settings.warmup, settings.repeats, settings.threads,
                      settings.min_utilisation)
     report.update(inputs=settings.inputs, dtype=settings.dtype)
-    log.info("compact p50 %.1f ms, teacher p50 %.1f ms: %.2fx (FLOP ratio %.1fx)", report["p50_ms"],
-             report["models"]["teacher"]["p50_ms"], report["speedup"], report["flop_ratio"] or float("nan"))
+    log.info("compact p50 %.1f ms, %s p50 %.1f ms: %.2fx (FLOP ratio %.1fx)", report["p50_ms"], reference,
+             report["models"][reference]["p50_ms"], report["speedup"], report["flop_ratio"] or float("nan"))
     return report
 
 

@@ -350,6 +350,26 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
              "not checked" if diff is None else f"{diff:.2e}")
 
 
+def cmd_bench_model(args: argparse.Namespace) -> None:
+    """Latency of any model directory on fixed inputs, against a teacher and a uniform reference."""
+    from grain.bench import BenchSettings, bench_stage, format_table
+
+    settings = BenchSettings(inputs=args.inputs, batch_size=args.batch, seq_length=args.length, warmup=args.warmup,
+                             repeats=args.repeats, threads=args.threads, dtype=args.dtype,
+                             uniform_reference=not args.no_uniform, seed=args.seed,
+                             min_utilisation=args.min_utilisation or None)
+    if args.json:
+        discard(Path(args.json))
+    report = bench_stage(args.model, args.teacher, settings, task=args.task, data_dir=args.data_dir,
+                         device=args.device)
+    print(f"{report['device']}, torch {report['torch']}, transformers {report['transformers']}, "
+          f"{report['threads']} threads, {report['dtype']}, {report['inputs']} inputs, batch "
+          f"{report['batch_size']} x length {report['seq_length']}")
+    print(format_table(report))
+    if args.json:
+        write_json(Path(args.json), report)
+
+
 def write_curve(path: Path, history: list[tuple[int, dict[str, float]]]) -> Path:
     """The per-step log of a training loop as CSV (one row per step; DVC plots it)."""
     import csv
@@ -444,6 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     _add_common(export)
     export.set_defaults(func=cmd_export_onnx)
+    bench = sub.add_parser("bench-model", help=cmd_bench_model.__doc__, description=cmd_bench_model.__doc__)
+    bench.add_argument("model", help="model directory to time (grain or Hugging Face)")
+    bench.add_argument("--teacher", help="dense model directory the speed-up is measured against")
+    bench.add_argument("--inputs", choices=["random", "dev"], default="random",
+                       help="random token ids at a fixed shape, or the task's first dev examples")
+    bench.add_argument("--task", help="task whose dev examples feed --inputs dev")
+    bench.add_argument("--data-dir", help="where task data lives (default: GRAIN_DATA_DIR or the hub)")
+    bench.add_argument("--batch", type=int, help="rows per batch (default: 32 on CPU, 128 on GPU)")
+    bench.add_argument("--length", type=int, help="tokens per row (default: 128 on CPU, 512 on GPU)")
+    bench.add_argument("--threads", type=int, help="CPU threads, fixed and recorded (default: torch's)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default: %(default)s)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed rounds, interleaved (default: %(default)s)")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:n] (default: %(default)s)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs and the reference")
+    bench.add_argument("--no-uniform", action="store_true", help="skip the uniform reference model")
+    bench.add_argument("--min-utilisation", type=float, default=0.0,
+                       help="drop rounds in which the process got less than this share of its threads' CPU")
+    bench.add_argument("--json", help="also write the report to this JSON file")
+    bench.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    bench.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    bench.set_defaults(func=cmd_bench_model)
     return parser
 
 

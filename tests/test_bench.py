@@ -180,7 +180,7 @@ def test_bench_stage_on_directories(tmp_path):
 
 def test_bad_model_path_and_shapes_are_one_line_errors(tmp_path):
     compact, teacher = save_pair(tmp_path)
-    with pytest.raises(GrainError, match="model directory .*missing-dir does not exist") as error:
+    with pytest.raises(GrainError, match="model path .*missing-dir is not a directory") as error:
         bench_stage(tmp_path / "missing-dir", teacher, BenchSettings(repeats=1))
     assert "\n" not in str(error.value)
     with pytest.raises(GrainError, match="length 100 exceeds the model's 64 positions"):
@@ -236,3 +236,41 @@ def cli_params_file():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+def test_grain_bench_model_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    compact, teacher = save_pair(tmp_path)
+    out = tmp_path / "report.json"
+    args = [str(compact), "--teacher", str(teacher), "--batch", "2", "--length", "8", "--warmup", "0",
+            "--repeats", "2", "--threads", "1", "--json", str(out)]
+    assert cli.main(["bench-model", *args]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("cpu, torch ") and "1 threads, float32, random inputs, batch 2 x length 8" in printed[0]
+    rows = {line.split()[0]: line.split() for line in printed[3:]}
+    assert set(rows) == {"compact", "teacher", "uniform"} and rows["teacher"][4] == "1.00x"
+    report = json.loads(out.read_text())
+    assert REPORT_KEYS <= set(report) and report["reference"] == "teacher" and report["threads"] == 1
+    assert float(rows["compact"][4].rstrip("x")) == pytest.approx(report["speedup"], abs=0.006)
+    # without a teacher the compact model is the reference; no uniform model on request
+    assert cli.main(["bench-model", str(compact), "--batch", "2", "--length", "8", "--warmup", "0", "--repeats", "1",
+                     "--no-uniform"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[3:]]
+    assert rows == ["compact"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/nowhere"], "model path .*nowhere is not a directory"),
+    (["{compact}", "--length", "100"], "length 100 exceeds the model's 64 positions"),
+    (["{compact}", "--batch", "0"], "batch_size must be at least 1, got 0"),
+    (["{compact}", "--inputs", "dev", "--length", "16"], "inputs: dev needs a task"),
+])
+def test_grain_bench_model_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
+    import re
+
+    compact, _ = save_pair(tmp_path)
+    out = tmp_path / "report.json"
+    argv = [a.format(tmp=tmp_path, compact=compact) for a in args] + ["--repeats", "1", "--json", str(out)]
+    assert cli.main(["bench-model", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("error: ") and re.search(message, err[-1])
+    assert not out.exists()
