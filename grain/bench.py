@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from grain import paper
 from grain.errors import GrainError
 from grain.modeling import PLAN_SCHEMES, GrainConfig, attention_plan
 
@@ -44,16 +45,11 @@ CPU_SHAPE = (32, 128)  # batch, length
 GPU_SHAPE = (128, 512)  # the paper's latency setup (spec §8.2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-# Table 6 (spec §10.5): structures at 5% density. task -> alpha -> (MHA layers, heads, query units
-# per head, value units per head, FFN neurons per layer).
-TABLE6: dict[str, dict[float, tuple[int, int, float, float, float]]] = {
-    "qnli": {0.0: (12, 95, 9.8, 8.2, 87.9), 0.3: (12, 25, 28.6, 28.5, 106.1)},
-    "mnli": {0.0: (12, 86, 9.0, 8.6, 103.9), 0.3: (11, 21, 28.8, 32.9, 122.5)},
-    "qqp": {0.0: (12, 93, 9.8, 8.7, 87.1), 0.3: (12, 26, 27.5, 26.4, 113.5)},
-    "sst2": {0.0: (12, 101, 4.2, 8.9, 120.2), 0.3: (11, 19, 20.5, 37.7, 138.2)},
-    "squad": {0.0: (12, 75, 12.8, 10.1, 87.3), 0.3: (12, 23, 33.0, 30.8, 108.0)},
-    "conll2003": {0.0: (12, 91, 6.1, 9.1, 114.5), 0.3: (9, 22, 21.4, 31.9, 132.6)},
-}
+# Table 6 (spec §10.5; grain.paper): structures at 5% density. task -> alpha -> (MHA layers, heads,
+# query units per head, value units per head, FFN neurons per layer).
+TABLE6: dict[str, dict[float, tuple[float, ...]]] = {}
+for _row in paper.TABLE6:
+    TABLE6.setdefault(_row.task, {})[_row.alpha] = tuple(_row.stats[k] for k in paper.STRUCTURE_STATS)
 
 
 @dataclass(frozen=True)

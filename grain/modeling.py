@@ -426,8 +426,7 @@ class _DerivedWeights(nn.Module):
         `weight` derives from `sources`, the parameters it is built from."""
         fused = ("none", "") if act_fn is None else ONEDNN_ACTIVATIONS.get(act)
         if fused is not None and _use_onednn(x, weight) and self.cacheable(sources):
-            packed = self.derived(name + ":onednn", sources,
-                                  lambda: torch.ops.mkldnn._reorder_linear_weight(weight, x.shape[0]))
+            packed = self.derived(name + ":onednn", sources, lambda: torch.ops.mkldnn._reorder_linear_weight(weight))
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, fused[0], [], fused[1])
         y = F.linear(x, weight, bias)
         return y if act_fn is None else act_fn(y)

@@ -29,7 +29,7 @@ STAGE_CODE = {
     "compact": sorted(_COMMON_CODE + ["grain/accounting.py"]),
     "evaluate": sorted(_COMMON_CODE + _TASK_CODE),
     "bench": sorted(_COMMON_CODE + ["grain/batching.py", "grain/bench.py", "grain/data.py", "grain/metrics",
-                                    "grain/tasks"]),
+                                    "grain/paper.py", "grain/tasks"]),
     "tables": sorted(_COMMON_CODE + ["grain/figures.py", "grain/paper.py", "grain/tables.py"]),
 }
 
