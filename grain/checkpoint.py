@@ -9,6 +9,7 @@ fingerprint of the run's settings; a checkpoint with another fingerprint is not 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from grain.params import plain
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +113,19 @@ def atomic_directory(output_dir: str | os.PathLike):
     os.replace(tmp, output_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(plain(data), handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

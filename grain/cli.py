@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from grain.checkpoint import atomic_directory
+from grain.checkpoint import atomic_directory, write_json
 from grain.errors import GrainError
 from grain.params import (
     PARAMS_FILE,
@@ -38,22 +38,6 @@ log = logging.getLogger("grain.cli")
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces: output files, tracking
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(plain(data), handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_json(path: str | Path, what: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ dropout and a resumed run sees the same batches as an uninterrupted one. Evaluat
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from grain.checkpoint import atomic_directory, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint, set_rng_state
+from grain.checkpoint import (atomic_directory, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
+                              set_rng_state, write_json)
 from grain.distributed import SINGLE, DistEnv, average_gradients, barrier, shard_batch
 from grain.errors import GrainError
 from grain.loggers import NullLogger, StepLogger
@@ -295,10 +295,6 @@ def checkpoint_due(step: int, total: int, every: int, work_dir) -> bool:
     """Checkpoint after every ``every`` steps, except after the last one (the output follows)."""
     done = step + 1
     return work_dir is not None and every > 0 and done % every == 0 and done < total
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def default_work_dir(output_dir: str | os.PathLike | None) -> Path | None:
